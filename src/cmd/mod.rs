@@ -1,0 +1,4 @@
+//! One module per subcommand: argument parsing and output; the work happens in the crates.
+
+pub mod info;
+pub mod quantize;

@@ -1,0 +1,40 @@
+//! The `cheems` command: model conversion and inspection (and, as the engine lands, running).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// cheems: run Mamba-2, Doge, Cheems and Llama models on your own machine.
+#[derive(Debug, Parser)]
+#[command(name = "cheems", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert a Hugging Face checkpoint folder to a model file.
+    Quantize(cmd::quantize::Args),
+    /// Describe a model file: architecture, hyper-parameters, tokenizer, tensors.
+    Info(cmd::info::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Info(a) => cmd::info::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined by ": ".
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
