@@ -1,1 +1,47 @@
-//! The cheems runtime.
+//! The cheems runtime: load a model file once, open sessions, feed tokens, read logits.
+//!
+//! - [`Model`] maps a file and binds every layer's weights by name and shape ([`weights`]); the
+//!   weights stay in the file's bytes, in their stored type.
+//! - [`Session`] owns one sequence's state and scratch, sized once; `prefill`/`decode` run the
+//!   stack of [`blocks`] (RMSNorm, RoPE, attention, DMA, SSD, MLP, CDMoE).
+//! - [`tokenizer`]: text to token ids and back, from the tokenizer carried in the model file.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! let model = Arc::new(cheems::Model::load("model.gguf".as_ref())?);
+//! let mut session = cheems::Session::new(model, &Default::default())?;
+//! let logits = session.prefill(&[1, 2, 3])?;
+//! println!("{} logits", logits.len());
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod blocks;
+pub mod config;
+pub mod model;
+pub mod npy;
+pub mod session;
+pub mod tokenizer;
+pub mod weights;
+
+use cheems_kernels::matvec::Activation;
+
+pub use config::{Arch, Config};
+pub use model::Model;
+pub use session::{Session, SessionOptions};
+
+/// What a block needs to multiply by weights: the mapped file, the session's thread pool and
+/// its activation buffer.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub map: &'a [u8],
+    pub pool: &'a rayon::ThreadPool,
+    pub act: &'a mut Activation,
+}
+
+impl Ctx<'_> {
+    /// `y = W x`.
+    pub fn matvec(&mut self, w: &weights::Mat, x: &[f32], y: &mut [f32]) {
+        self.act.quantize_for(w.ty, x);
+        cheems_kernels::matvec::matvec(&w.get(self.map), self.act, x, y, self.pool);
+    }
+}

@@ -20,6 +20,8 @@ enum Command {
     Quantize(cmd::quantize::Args),
     /// Describe a model file: architecture, hyper-parameters, tokenizer, tensors.
     Info(cmd::info::Args),
+    /// Write the logits after each token to a .npy file.
+    Logits(cmd::logits::Args),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Info(a) => cmd::info::run(a),
+        Command::Logits(a) => cmd::logits::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -202,12 +202,9 @@ impl SafetensorsFile {
         let es = t.dtype.size();
         let start = t.offset + (first * es) as u64;
         scratch.resize(n * es, 0);
-        self.file.read_exact_at(scratch, start).map_err(|e| {
-            Error::io(
-                format!("read `{}` from {}", t.name, self.path.display()),
-                e,
-            )
-        })?;
+        self.file
+            .read_exact_at(scratch, start)
+            .map_err(|e| Error::io(format!("read `{}` from {}", t.name, self.path.display()), e))?;
         convert_to_f32(t.dtype, scratch, out);
         Ok(())
     }
@@ -247,8 +244,8 @@ fn parse_header(
     data_start: u64,
     data_len: u64,
 ) -> Result<(Vec<StTensor>, BTreeMap<String, String>), String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(header).map_err(|e| format!("safetensors header is not JSON: {e}"))?;
+    let json: serde_json::Value = serde_json::from_slice(header)
+        .map_err(|e| format!("safetensors header is not JSON: {e}"))?;
     let obj = json
         .as_object()
         .ok_or("safetensors header is not a JSON object")?;
@@ -267,8 +264,8 @@ fn parse_header(
             .get("dtype")
             .and_then(|d| d.as_str())
             .ok_or_else(|| format!("tensor `{name}` has no dtype"))?;
-        let dtype =
-            Dtype::parse(dtype_s).ok_or_else(|| format!("tensor `{name}`: unknown dtype {dtype_s}"))?;
+        let dtype = Dtype::parse(dtype_s)
+            .ok_or_else(|| format!("tensor `{name}`: unknown dtype {dtype_s}"))?;
         let shape = entry
             .get("shape")
             .and_then(|s| s.as_array())
@@ -333,9 +330,8 @@ impl Checkpoint {
         let paths: Vec<PathBuf> = if index_path.exists() {
             let text = std::fs::read_to_string(&index_path)
                 .map_err(|e| Error::io(format!("read {}", index_path.display()), e))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::Format(format!("{}: not JSON: {e}", index_path.display()))
-            })?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Format(format!("{}: not JSON: {e}", index_path.display())))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -391,7 +387,11 @@ impl Checkpoint {
             }
             files.push(f);
         }
-        Ok(Checkpoint { files, index, names })
+        Ok(Checkpoint {
+            files,
+            index,
+            names,
+        })
     }
 
     /// Every tensor name, in shard and offset order.
@@ -460,10 +460,22 @@ mod tests {
     fn rejects_hostile_headers() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,32]}}"#, "data_offsets"),
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, "overlap"),
-            (r#"{"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#, "dtype"),
-            (r#"{"a":{"dtype":"F32","shape":[18446744073709551615,4],"data_offsets":[0,8]}}"#, "overflow"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,32]}}"#,
+                "data_offsets",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                "overlap",
+            ),
+            (
+                r#"{"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#,
+                "dtype",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[18446744073709551615,4],"data_offsets":[0,8]}}"#,
+                "overflow",
+            ),
             (r#"[1,2]"#, "object"),
             (r#"{"a":"#, "JSON"),
         ];

@@ -1,3 +1,11 @@
-//! CPU kernels of cheems (SIMD with runtime dispatch, each with a scalar reference twin).
+//! The math of cheems: kernels over slices, each fast path with a scalar reference twin.
 //!
-//! Empty until the engine lands: the formats crate holds the scalar block reference for now.
+//! - [`reference`]: scalar dot products of every weight type with its activation partner
+//!   (ggml's generic `vec_dot` semantics), the definition the SIMD kernels are tested against.
+//! - [`matvec`]: matrix-vector products over weights borrowed in place, rows split on the
+//!   caller's private thread pool.
+//!
+//! Models, state and file layout live elsewhere (the root crate and `cheems-formats`).
+
+pub mod matvec;
+pub mod reference;

@@ -44,13 +44,30 @@ impl Summary {
 
     /// A table: tensors, parameters, bytes and bits per weight per type, and totals.
     pub fn table(&self) -> String {
-        let mut s = format!("{:<6} {:>8} {:>14} {:>14} {:>7}\n", "type", "tensors", "params", "bytes", "bpw");
+        let mut s = format!(
+            "{:<6} {:>8} {:>14} {:>14} {:>7}\n",
+            "type", "tensors", "params", "bytes", "bpw"
+        );
         let (mut n, mut e, mut b) = (0, 0, 0);
         for &(ty, tn, te, tb) in &self.by_type {
-            s += &format!("{:<6} {:>8} {:>14} {:>14} {:>7.3}\n", ty.to_string(), tn, te, tb, tb as f64 * 8.0 / te.max(1) as f64);
+            s += &format!(
+                "{:<6} {:>8} {:>14} {:>14} {:>7.3}\n",
+                ty.to_string(),
+                tn,
+                te,
+                tb,
+                tb as f64 * 8.0 / te.max(1) as f64
+            );
             (n, e, b) = (n + tn, e + te, b + tb);
         }
-        s += &format!("{:<6} {:>8} {:>14} {:>14} {:>7.3}\n", "total", n, e, b, b as f64 * 8.0 / e.max(1) as f64);
+        s += &format!(
+            "{:<6} {:>8} {:>14} {:>14} {:>7.3}\n",
+            "total",
+            n,
+            e,
+            b,
+            b as f64 * 8.0 / e.max(1) as f64
+        );
         s += &format!(
             "{}: {:.1} MiB from {:.1} MiB of checkpoint in {:.2} s",
             self.arch,
@@ -70,18 +87,20 @@ pub fn plan_dir(hf: &HfDir, opts: &Options) -> Result<Plan> {
 }
 
 /// Converts the checkpoint in `hf_dir` to the model file `out`.
-pub fn convert(hf_dir: &Path, out: &Path, opts: &Options, threads: usize, progress: bool) -> Result<Summary> {
+pub fn convert(
+    hf_dir: &Path,
+    out: &Path,
+    opts: &Options,
+    threads: usize,
+    progress: bool,
+) -> Result<Summary> {
     let start = Instant::now();
     let hf = HfDir::open(hf_dir)?;
     let plan = plan_dir(&hf, opts)?;
     let specs = plan
         .tensors
         .iter()
-        .map(|t| {
-            let mut s = TensorSpec::new(t.name.clone(), t.dims.clone(), t.ty);
-            s.align = t.align;
-            s
-        })
+        .map(|t| TensorSpec::new(t.name.clone(), t.dims.clone(), t.ty))
         .collect();
     let total_bytes: u64 = plan
         .tensors
@@ -95,24 +114,47 @@ pub fn convert(hf_dir: &Path, out: &Path, opts: &Options, threads: usize, progre
     let mut writer = GgufWriter::create(out, &plan.metadata, specs)?;
     let bar = ProgressBar::with_draw_target(
         Some(total_bytes),
-        if progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+        if progress {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
     );
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:32}] {bytes}/{total_bytes} {wide_msg}")
             .map_err(|e| anyhow!("progress bar template: {e}"))?
             .progress_chars("=> "),
     );
-    let mut summary = Summary { arch: plan.arch.to_string(), source_bytes: hf.weights.data_bytes(), ..Summary::default() };
-    let mut st = Streamer { ck: &hf.weights, pool: &pool, scratch: Vec::new(), bytes: Vec::new() };
+    let mut summary = Summary {
+        arch: plan.arch.to_string(),
+        source_bytes: hf.weights.data_bytes(),
+        ..Summary::default()
+    };
+    let mut st = Streamer {
+        ck: &hf.weights,
+        pool: &pool,
+        scratch: Vec::new(),
+        bytes: Vec::new(),
+    };
     for (i, t) in plan.tensors.iter().enumerate() {
-        bar.set_message(format!("{}/{} {} ({})", i + 1, plan.tensors.len(), t.name, t.ty));
+        bar.set_message(format!(
+            "{}/{} {} ({})",
+            i + 1,
+            plan.tensors.len(),
+            t.name,
+            t.ty
+        ));
         st.tensor(t, &mut |data| {
             writer.write_data(data)?;
             bar.inc(data.len() as u64);
             Ok(())
         })
         .with_context(|| format!("convert tensor `{}`", t.name))?;
-        summary.add(t.ty, t.n_elements(), t.ty.row_bytes(t.n_elements() as usize).unwrap_or(0) as u64);
+        summary.add(
+            t.ty,
+            t.n_elements(),
+            t.ty.row_bytes(t.n_elements() as usize).unwrap_or(0) as u64,
+        );
     }
     writer.finish()?;
     bar.finish_and_clear();
@@ -134,7 +176,8 @@ type Sink<'s> = dyn FnMut(&[u8]) -> Result<()> + 's;
 impl<'a> Streamer<'a> {
     fn get(&self, name: &str) -> Result<(&'a SafetensorsFile, &'a StTensor)> {
         let ck: &'a Checkpoint = self.ck;
-        ck.get(name).ok_or_else(|| anyhow!("checkpoint has no tensor `{name}`"))
+        ck.get(name)
+            .ok_or_else(|| anyhow!("checkpoint has no tensor `{name}`"))
     }
 
     fn tensor(&mut self, t: &PlannedTensor, sink: &mut Sink<'_>) -> Result<()> {
@@ -151,7 +194,10 @@ impl<'a> Streamer<'a> {
                         let head = total / n_head.max(&1);
                         let rows = st.shape.first().copied().unwrap_or(1) / n_head.max(&1);
                         if head * n_head != total || rows % 2 != 0 {
-                            bail!("cannot split {:?} into {n_head} heads of an even number of rows", st.shape);
+                            bail!(
+                                "cannot split {:?} into {n_head} heads of an even number of rows",
+                                st.shape
+                            );
                         }
                         let inner = head / rows;
                         let mut src = vec![0f32; head];
@@ -171,7 +217,9 @@ impl<'a> Streamer<'a> {
                             file.read_f32(st, at, &mut buf[..n], &mut self.scratch)?;
                             if *transform == Transform::NegExp {
                                 // In f64, rounded once: the nearest f32 to -exp(A_log).
-                                buf[..n].iter_mut().for_each(|x| *x = -(f64::from(*x).exp()) as f32);
+                                buf[..n]
+                                    .iter_mut()
+                                    .for_each(|x| *x = -(f64::from(*x).exp()) as f32);
                             }
                             self.emit(t, &buf[..n], sink)?;
                             at += n;
@@ -196,7 +244,8 @@ impl<'a> Streamer<'a> {
                     fu.read_f32(su, e * h, &mut u[..n * h], &mut self.scratch)?;
                     for k in 0..n {
                         rec[2 * k * h..(2 * k + 1) * h].copy_from_slice(&d[k * h..(k + 1) * h]);
-                        rec[(2 * k + 1) * h..(2 * k + 2) * h].copy_from_slice(&u[k * h..(k + 1) * h]);
+                        rec[(2 * k + 1) * h..(2 * k + 2) * h]
+                            .copy_from_slice(&u[k * h..(k + 1) * h]);
                     }
                     self.emit(t, &rec[..2 * n * h], sink)?;
                     e += n;
@@ -213,11 +262,14 @@ impl<'a> Streamer<'a> {
         }
         let row_len = t.row_len();
         let ty = t.ty;
-        let row_bytes = ty
-            .row_bytes(row_len)
-            .ok_or_else(|| anyhow!("row of {row_len} values is not a whole number of {ty} blocks"))?;
+        let row_bytes = ty.row_bytes(row_len).ok_or_else(|| {
+            anyhow!("row of {row_len} values is not a whole number of {ty} blocks")
+        })?;
         if row_len == 0 || values.len() % row_len != 0 {
-            bail!("internal: a chunk of {} values is not whole rows of {row_len}", values.len());
+            bail!(
+                "internal: a chunk of {} values is not whole rows of {row_len}",
+                values.len()
+            );
         }
         let n_rows = values.len() / row_len;
         self.bytes.resize(n_rows * row_bytes, 0);

@@ -25,8 +25,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let json = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Some(json))
@@ -36,7 +35,10 @@ impl HfDir {
     /// Opens the folder and validates the weight files' headers.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            bail!("{} is not a directory (expected a Hugging Face checkpoint folder)", dir.display());
+            bail!(
+                "{} is not a directory (expected a Hugging Face checkpoint folder)",
+                dir.display()
+            );
         }
         let config = read_json(&dir.join("config.json"))?
             .ok_or_else(|| anyhow!("{}: no config.json", dir.display()))?;
@@ -120,7 +122,9 @@ fn template_from_config(cfg: &Json) -> Option<String> {
                 .iter()
                 .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
                 .or_else(|| list.first())?;
-            pick.get("template").and_then(Json::as_str).map(str::to_string)
+            pick.get("template")
+                .and_then(Json::as_str)
+                .map(str::to_string)
         }
         _ => None,
     }
@@ -147,7 +151,9 @@ impl<'a> Config<'a> {
                 .as_u64()
                 .and_then(|v| usize::try_from(v).ok())
                 .map(Some)
-                .ok_or_else(|| anyhow!("config.json `{key}` is {v}, expected a non-negative integer")),
+                .ok_or_else(|| {
+                    anyhow!("config.json `{key}` is {v}, expected a non-negative integer")
+                }),
         }
     }
 

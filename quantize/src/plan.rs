@@ -61,8 +61,6 @@ pub struct PlannedTensor {
     pub source: Source,
     /// Stored type, filled by [`Plan::assign_types`].
     pub ty: GgmlType,
-    /// Extra alignment of the data (0 = the file's).
-    pub align: usize,
 }
 
 impl PlannedTensor {
@@ -96,7 +94,11 @@ pub struct Options {
 
 impl Options {
     pub fn new(ty: GgmlType) -> Self {
-        Options { ty, overrides: Vec::new(), expert_layout: ExpertLayout::Records }
+        Options {
+            ty,
+            overrides: Vec::new(),
+            expert_layout: ExpertLayout::Records,
+        }
     }
 }
 
@@ -134,7 +136,11 @@ pub fn parse_weight_type(s: &str) -> Result<GgmlType> {
         Some(t) if t.is_weight_type() => Ok(t),
         _ => bail!(
             "unknown or unsupported weight type `{s}` (choose one of: {})",
-            WEIGHT_TYPES.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            WEIGHT_TYPES
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -236,32 +242,68 @@ mod tests {
             name: name.into(),
             dims,
             class,
-            source: Source::Tensor { name: String::new(), transform: Transform::None },
+            source: Source::Tensor {
+                name: String::new(),
+                transform: Transform::None,
+            },
             ty: GgmlType::F32,
-            align: 0,
         }
     }
 
     #[test]
     fn policy_keeps_vectors_f32_and_boosts_the_head() {
         let opts = Options::new(GgmlType::Q4_0);
-        assert_eq!(choose_type(&planned("a", vec![64], Class::Weight), &opts), GgmlType::F32);
-        assert_eq!(choose_type(&planned("a", vec![4, 64], Class::Precise), &opts), GgmlType::F32);
-        assert_eq!(choose_type(&planned("output.weight", vec![256, 64], Class::Output), &opts), GgmlType::Q6_K);
-        assert_eq!(choose_type(&planned("w", vec![256, 64], Class::Weight), &opts), GgmlType::Q4_0);
+        assert_eq!(
+            choose_type(&planned("a", vec![64], Class::Weight), &opts),
+            GgmlType::F32
+        );
+        assert_eq!(
+            choose_type(&planned("a", vec![4, 64], Class::Precise), &opts),
+            GgmlType::F32
+        );
+        assert_eq!(
+            choose_type(
+                &planned("output.weight", vec![256, 64], Class::Output),
+                &opts
+            ),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            choose_type(&planned("w", vec![256, 64], Class::Weight), &opts),
+            GgmlType::Q4_0
+        );
         let opts8 = Options::new(GgmlType::Q8_0);
-        assert_eq!(choose_type(&planned("output.weight", vec![256, 64], Class::Output), &opts8), GgmlType::Q8_0);
+        assert_eq!(
+            choose_type(
+                &planned("output.weight", vec![256, 64], Class::Output),
+                &opts8
+            ),
+            GgmlType::Q8_0
+        );
     }
 
     #[test]
     fn overrides_win_and_partial_blocks_fall_back() {
         let mut opts = Options::new(GgmlType::Q4_K);
-        opts.overrides.push(parse_override(r"ffn_down=q8_0").unwrap());
-        assert_eq!(choose_type(&planned("blk.0.ffn_down.weight", vec![256, 8], Class::Weight), &opts), GgmlType::Q8_0);
+        opts.overrides
+            .push(parse_override(r"ffn_down=q8_0").unwrap());
+        assert_eq!(
+            choose_type(
+                &planned("blk.0.ffn_down.weight", vec![256, 8], Class::Weight),
+                &opts
+            ),
+            GgmlType::Q8_0
+        );
         // 96 is a multiple of 32 but not of 256: Q4_K falls back to Q5_0.
-        assert_eq!(choose_type(&planned("w", vec![96, 8], Class::Weight), &opts), GgmlType::Q5_0);
+        assert_eq!(
+            choose_type(&planned("w", vec![96, 8], Class::Weight), &opts),
+            GgmlType::Q5_0
+        );
         // 40 is not a multiple of 32 either: F16.
-        assert_eq!(choose_type(&planned("w", vec![40, 8], Class::Weight), &opts), GgmlType::F16);
+        assert_eq!(
+            choose_type(&planned("w", vec![40, 8], Class::Weight), &opts),
+            GgmlType::F16
+        );
         assert!(parse_override("nope").is_err());
         assert!(parse_override("x=q8_k").is_err());
     }

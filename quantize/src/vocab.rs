@@ -33,13 +33,15 @@ pub fn write_tokenizer(hf: &HfDir, n_vocab: usize, md: &mut Metadata) -> Result<
     let tok: Json = serde_json::from_str(text).context("tokenizer.json is not valid JSON")?;
     md.set("tokenizer.huggingface.json", text.as_str());
 
-    let model = tok.get("model").ok_or_else(|| anyhow!("tokenizer.json has no `model`"))?;
+    let model = tok
+        .get("model")
+        .ok_or_else(|| anyhow!("tokenizer.json has no `model`"))?;
     let vocab = model
         .get("vocab")
         .and_then(Json::as_object)
         .ok_or_else(|| anyhow!("tokenizer.json model has no `vocab` table"))?;
-    let is_byte_level_bpe = model.get("type").and_then(Json::as_str) == Some("BPE")
-        && uses_byte_level(&tok);
+    let is_byte_level_bpe =
+        model.get("type").and_then(Json::as_str) == Some("BPE") && uses_byte_level(&tok);
 
     // Token strings by id: the model vocabulary, then added tokens, then padding.
     let mut tokens: Vec<Option<String>> = vec![None; n_vocab];
@@ -68,7 +70,15 @@ pub fn write_tokenizer(hf: &HfDir, n_vocab: usize, md: &mut Metadata) -> Result<
                 bail!("tokenizer.json: an added token lacks `id` or `content`");
             };
             let special = a.get("special").and_then(Json::as_bool).unwrap_or(false);
-            place(id, content, if special { TOKEN_CONTROL } else { TOKEN_USER_DEFINED })?;
+            place(
+                id,
+                content,
+                if special {
+                    TOKEN_CONTROL
+                } else {
+                    TOKEN_USER_DEFINED
+                },
+            )?;
             added.push((content.to_string(), id as u32));
         }
     }
@@ -85,7 +95,10 @@ pub fn write_tokenizer(hf: &HfDir, n_vocab: usize, md: &mut Metadata) -> Result<
     let cfg = Config(&hf.config);
     let special = |key: &str, id_key: &str| -> Option<u32> {
         tcfg.and_then(|c| c.get(key))
-            .and_then(|v| v.as_str().or_else(|| v.get("content").and_then(Json::as_str)))
+            .and_then(|v| {
+                v.as_str()
+                    .or_else(|| v.get("content").and_then(Json::as_str))
+            })
             .and_then(find_id)
             .or_else(|| cfg.opt_token_id(id_key))
             .filter(|&id| (id as usize) < n_vocab)
@@ -116,8 +129,14 @@ pub fn write_tokenizer(hf: &HfDir, n_vocab: usize, md: &mut Metadata) -> Result<
     }
     let (add_bos, add_eos) = post_processor_adds(&tok);
     let flag = |key: &str| tcfg.and_then(|c| c.get(key)).and_then(Json::as_bool);
-    md.set("tokenizer.ggml.add_bos_token", flag("add_bos_token").unwrap_or(add_bos));
-    md.set("tokenizer.ggml.add_eos_token", flag("add_eos_token").unwrap_or(add_eos));
+    md.set(
+        "tokenizer.ggml.add_bos_token",
+        flag("add_bos_token").unwrap_or(add_bos),
+    );
+    md.set(
+        "tokenizer.ggml.add_eos_token",
+        flag("add_eos_token").unwrap_or(add_eos),
+    );
 
     if !is_byte_level_bpe {
         md.set("tokenizer.ggml.model", "none");
@@ -187,12 +206,12 @@ fn pre_tokenizer_name(tok: &Json) -> &'static str {
             .map(str::to_string)
     };
     match list.as_slice() {
-        [split, bl] if ty(split) == "Split" && ty(bl) == "ByteLevel" => {
-            if regex(split).as_deref() == Some(LLAMA3_REGEX) {
-                "llama-bpe"
-            } else {
-                "default"
-            }
+        [split, bl]
+            if ty(split) == "Split"
+                && ty(bl) == "ByteLevel"
+                && regex(split).as_deref() == Some(LLAMA3_REGEX) =>
+        {
+            "llama-bpe"
         }
         [digits, bl]
             if ty(digits) == "Digits"

@@ -29,7 +29,9 @@ fn mib(bytes: u64) -> String {
 /// A short rendering of a metadata value (arrays and long strings summarised).
 fn show(v: &Value) -> String {
     match v {
-        Value::String(s) if s.len() > 60 || s.contains('\n') => format!("<text, {} bytes>", s.len()),
+        Value::String(s) if s.len() > 60 || s.contains('\n') => {
+            format!("<text, {} bytes>", s.len())
+        }
         Value::String(s) => format!("{s:?}"),
         Value::Array(a) if a.len() <= 8 => array_items(a).map_or_else(
             || format!("<{} x {:?}>", a.len(), a.element_type()),
@@ -39,7 +41,9 @@ fn show(v: &Value) -> String {
         Value::F32(x) => format!("{x}"),
         Value::F64(x) => format!("{x}"),
         Value::Bool(b) => format!("{b}"),
-        other => other.as_i64().map_or_else(|| format!("{other:?}"), |i| i.to_string()),
+        other => other
+            .as_i64()
+            .map_or_else(|| format!("{other:?}"), |i| i.to_string()),
     }
 }
 
@@ -72,15 +76,29 @@ fn describe(f: &GgufFile, list_tensors: bool) -> String {
     let _ = writeln!(
         s,
         "file:          {} ({}, GGUF v{}, alignment {})",
-        f.path().map_or_else(|| "-".into(), |p| p.display().to_string()),
+        f.path()
+            .map_or_else(|| "-".into(), |p| p.display().to_string()),
         mib(f.file_size() as u64),
         f.version(),
         f.alignment()
     );
     let _ = writeln!(s, "architecture:  {arch}");
-    for key in ["general.name", "general.file_type", "general.quantization_version"] {
+    for key in [
+        "general.name",
+        "general.file_type",
+        "general.quantization_version",
+    ] {
         if let Some(v) = md.get(key) {
-            let _ = writeln!(s, "{:<15}{}", format!("{}:", key.trim_start_matches("general.").replace("quantization_version", "quant version")), show(v));
+            let _ = writeln!(
+                s,
+                "{:<15}{}",
+                format!(
+                    "{}:",
+                    key.trim_start_matches("general.")
+                        .replace("quantization_version", "quant version")
+                ),
+                show(v)
+            );
         }
     }
     let _ = writeln!(s, "hyper-parameters:");
@@ -92,13 +110,17 @@ fn describe(f: &GgufFile, list_tensors: bool) -> String {
     let _ = writeln!(
         s,
         "chat template: {}",
-        md.get_str("tokenizer.chat_template")
-            .map_or_else(|_| "none".to_string(), |t| format!("yes ({} bytes)", t.len()))
+        md.get_str("tokenizer.chat_template").map_or_else(
+            |_| "none".to_string(),
+            |t| format!("yes ({} bytes)", t.len())
+        )
     );
     let others: Vec<&str> = md
         .iter()
         .map(|(k, _)| k)
-        .filter(|k| !k.starts_with(&prefix) && !k.starts_with("general.") && !k.starts_with("tokenizer."))
+        .filter(|k| {
+            !k.starts_with(&prefix) && !k.starts_with("general.") && !k.starts_with("tokenizer.")
+        })
         .collect();
     if !others.is_empty() {
         let _ = writeln!(s, "other keys:    {}", others.join(", "));
@@ -119,8 +141,18 @@ fn describe(f: &GgufFile, list_tensors: bool) -> String {
     }
     let total: u64 = rows.iter().map(|r| r.3).sum();
     let params: u64 = rows.iter().map(|r| r.2).sum();
-    let _ = writeln!(s, "tensors:       {} tensors, {} parameters, {}", f.tensors().len(), params, mib(total));
-    let _ = writeln!(s, "  {:<8} {:>8} {:>14} {:>12} {:>7}", "type", "tensors", "params", "MiB", "bpw");
+    let _ = writeln!(
+        s,
+        "tensors:       {} tensors, {} parameters, {}",
+        f.tensors().len(),
+        params,
+        mib(total)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<8} {:>8} {:>14} {:>12} {:>7}",
+        "type", "tensors", "params", "MiB", "bpw"
+    );
     for (ty, n, e, b) in rows {
         let _ = writeln!(
             s,
@@ -133,7 +165,11 @@ fn describe(f: &GgufFile, list_tensors: bool) -> String {
         );
     }
     if list_tensors {
-        let _ = writeln!(s, "  {:<40} {:<7} {:<22} {:>12} {:>12}", "name", "type", "dims", "bytes", "offset");
+        let _ = writeln!(
+            s,
+            "  {:<40} {:<7} {:<22} {:>12} {:>12}",
+            "name", "type", "dims", "bytes", "offset"
+        );
         for t in f.tensors() {
             let dims = format!("{:?}", t.dims);
             let _ = writeln!(
@@ -174,7 +210,11 @@ fn tokenizer_line(md: &Metadata) -> String {
     }
     parts.push(format!(
         "HF tokenizer.json {}",
-        if md.contains("tokenizer.huggingface.json") { "yes" } else { "no" }
+        if md.contains("tokenizer.huggingface.json") {
+            "yes"
+        } else {
+            "no"
+        }
     ));
     parts.join(", ")
 }

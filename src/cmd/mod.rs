@@ -1,4 +1,5 @@
 //! One module per subcommand: argument parsing and output; the work happens in the crates.
 
 pub mod info;
+pub mod logits;
 pub mod quantize;

@@ -36,7 +36,11 @@ pub fn run(a: Args) -> Result<()> {
     for o in &a.tensor_type {
         opts.overrides.push(parse_override(o)?);
     }
-    opts.expert_layout = if a.expert_layout == "tables" { ExpertLayout::Tables } else { ExpertLayout::Records };
+    opts.expert_layout = if a.expert_layout == "tables" {
+        ExpertLayout::Tables
+    } else {
+        ExpertLayout::Records
+    };
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

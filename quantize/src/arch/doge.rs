@@ -13,8 +13,9 @@ use super::mamba2::Ssd;
 use super::{Builder, Rope};
 use crate::plan::{Class, ExpertLayout, PlannedTensor, Source};
 
-/// Page alignment of expert tables, so on-demand reads start on a page.
-const EXPERT_ALIGN: usize = 4096;
+/// Page alignment of files with expert tables (as `general.alignment`, so llama.cpp's GGUF
+/// parser, which allows no other padding, still reads them): on-demand reads start on a page.
+const EXPERT_ALIGN: u32 = 4096;
 
 pub(super) fn build(b: &mut Builder<'_>, cheems: bool, layout: ExpertLayout) -> Result<()> {
     let cfg = b.cfg();
@@ -52,9 +53,19 @@ pub(super) fn build(b: &mut Builder<'_>, cheems: bool, layout: ExpertLayout) -> 
         bail!("config.json: num_experts {n_expert} / num_experts_per_tok {n_expert_used} do not form a product-key grid");
     }
     let rope = Rope::from_config(cfg)?;
-    let layer_types = if cheems { cheems_layer_types(b, n_layer)? } else { vec!["dma"; n_layer] };
+    let layer_types = if cheems {
+        cheems_layer_types(b, n_layer)?
+    } else {
+        vec!["dma"; n_layer]
+    };
 
-    b.embeddings("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", d_model, tied)?;
+    b.embeddings(
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        d_model,
+        tied,
+    )?;
     let md = &mut b.md;
     md.set(format!("{a}.vocab_size"), b.n_vocab as u32);
     md.set(format!("{a}.context_length"), max_pos as u32);
@@ -66,25 +77,42 @@ pub(super) fn build(b: &mut Builder<'_>, cheems: bool, layout: ExpertLayout) -> 
     md.set(format!("{a}.attention.key_length"), head_dim as u32);
     md.set(format!("{a}.attention.value_length"), head_dim as u32);
     md.set(format!("{a}.attention.layer_norm_rms_epsilon"), eps as f32);
-    md.set(format!("{a}.attention.keep_window_size"), keep_window as u32);
+    md.set(
+        format!("{a}.attention.keep_window_size"),
+        keep_window as u32,
+    );
     md.set(format!("{a}.rope.dimension_count"), head_dim as u32);
     rope.write(md, a, max_pos, &["default", "linear", "dynamic"])?;
     if is_moe {
+        md.set("general.alignment", EXPERT_ALIGN);
         md.set(format!("{a}.expert_count"), n_expert as u32);
         md.set(format!("{a}.expert_used_count"), n_expert_used as u32);
         md.set(format!("{a}.expert_layout"), layout.name());
     }
 
-    let ssd = if cheems { Some(cheems_ssd(b, d_model)?) } else { None };
+    let ssd = if cheems {
+        Some(cheems_ssd(b, d_model)?)
+    } else {
+        None
+    };
     if let Some(ssd) = &ssd {
         let cfg = b.cfg();
         ssd.write(b, a);
-        b.md.set(format!("{a}.ssm.chunk_size"), cfg.usize_or("ssm_chunk_size", 256)? as u32);
+        b.md.set(
+            format!("{a}.ssm.chunk_size"),
+            cfg.usize_or("ssm_chunk_size", 256)? as u32,
+        );
         b.md.set(format!("{a}.ssm.rope"), cfg.bool_or("ssm_rope", true)?);
-        b.md.set(format!("{a}.ssm.layer_norm_rms_epsilon"), cfg.f64_or("ssm_norm_eps", 1e-5)? as f32);
+        b.md.set(
+            format!("{a}.ssm.layer_norm_rms_epsilon"),
+            cfg.f64_or("ssm_norm_eps", 1e-5)? as f32,
+        );
         b.md.set(
             format!("{a}.layer_types"),
-            layer_types.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            layer_types
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
         );
     }
 
@@ -92,38 +120,148 @@ pub(super) fn build(b: &mut Builder<'_>, cheems: bool, layout: ExpertLayout) -> 
     for (i, kind) in layer_types.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let g = |s: &str| format!("blk.{i}.{s}");
-        b.add(g("attn_norm.weight"), &format!("{p}.input_layernorm.weight"), &[d_model], Class::Vector)?;
-        b.add(g("attn_residual.weight"), &format!("{p}.input_residual"), &[d_model], Class::Vector)?;
+        b.add(
+            g("attn_norm.weight"),
+            &format!("{p}.input_layernorm.weight"),
+            &[d_model],
+            Class::Vector,
+        )?;
+        b.add(
+            g("attn_residual.weight"),
+            &format!("{p}.input_residual"),
+            &[d_model],
+            Class::Vector,
+        )?;
         match (*kind, &ssd) {
             ("ssd", Some(ssd)) => ssd.layer(b, i, &format!("{p}.mixer"))?,
             _ => {
                 let s = |n: &str| format!("{p}.self_attn.{n}");
-                b.add(g("attn_q.weight"), &s("q_proj.weight"), &[q_rows, d_model], Class::Weight)?;
-                b.add(g("attn_k.weight"), &s("k_proj.weight"), &[kv_rows, d_model], Class::Weight)?;
-                b.add(g("attn_v.weight"), &s("v_proj.weight"), &[kv_rows, d_model], Class::Weight)?;
-                b.add_if_present(g("attn_q.bias"), &s("q_proj.bias"), &[q_rows], Class::Vector)?;
-                b.add_if_present(g("attn_k.bias"), &s("k_proj.bias"), &[kv_rows], Class::Vector)?;
-                b.add_if_present(g("attn_v.bias"), &s("v_proj.bias"), &[kv_rows], Class::Vector)?;
-                b.add(g("attn_q_norm.weight"), &s("q_norm.weight"), &[head_dim], Class::Vector)?;
-                b.add(g("attn_k_norm.weight"), &s("k_norm.weight"), &[head_dim], Class::Vector)?;
-                b.add(g("attn_dt.weight"), &s("dt_proj.weight"), &[n_head_kv, kv_rows], Class::Precise)?;
-                b.add_if_present(g("attn_dt.bias"), &s("dt_proj.bias"), &[n_head_kv], Class::Vector)?;
+                b.add(
+                    g("attn_q.weight"),
+                    &s("q_proj.weight"),
+                    &[q_rows, d_model],
+                    Class::Weight,
+                )?;
+                b.add(
+                    g("attn_k.weight"),
+                    &s("k_proj.weight"),
+                    &[kv_rows, d_model],
+                    Class::Weight,
+                )?;
+                b.add(
+                    g("attn_v.weight"),
+                    &s("v_proj.weight"),
+                    &[kv_rows, d_model],
+                    Class::Weight,
+                )?;
+                b.add_if_present(
+                    g("attn_q.bias"),
+                    &s("q_proj.bias"),
+                    &[q_rows],
+                    Class::Vector,
+                )?;
+                b.add_if_present(
+                    g("attn_k.bias"),
+                    &s("k_proj.bias"),
+                    &[kv_rows],
+                    Class::Vector,
+                )?;
+                b.add_if_present(
+                    g("attn_v.bias"),
+                    &s("v_proj.bias"),
+                    &[kv_rows],
+                    Class::Vector,
+                )?;
+                b.add(
+                    g("attn_q_norm.weight"),
+                    &s("q_norm.weight"),
+                    &[head_dim],
+                    Class::Vector,
+                )?;
+                b.add(
+                    g("attn_k_norm.weight"),
+                    &s("k_norm.weight"),
+                    &[head_dim],
+                    Class::Vector,
+                )?;
+                b.add(
+                    g("attn_dt.weight"),
+                    &s("dt_proj.weight"),
+                    &[n_head_kv, kv_rows],
+                    Class::Precise,
+                )?;
+                b.add_if_present(
+                    g("attn_dt.bias"),
+                    &s("dt_proj.bias"),
+                    &[n_head_kv],
+                    Class::Vector,
+                )?;
                 b.add(g("attn_a"), &s("A"), &[n_head_kv], Class::Vector)?;
-                b.add(g("attn_output.weight"), &s("o_proj.weight"), &[d_model, q_rows], Class::Weight)?;
-                b.add_if_present(g("attn_output.bias"), &s("o_proj.bias"), &[d_model], Class::Vector)?;
+                b.add(
+                    g("attn_output.weight"),
+                    &s("o_proj.weight"),
+                    &[d_model, q_rows],
+                    Class::Weight,
+                )?;
+                b.add_if_present(
+                    g("attn_output.bias"),
+                    &s("o_proj.bias"),
+                    &[d_model],
+                    Class::Vector,
+                )?;
             }
         }
-        b.add(g("ffn_norm.weight"), &format!("{p}.post_attention_layernorm.weight"), &[d_model], Class::Vector)?;
-        b.add(g("ffn_residual.weight"), &format!("{p}.post_attention_residual"), &[d_model], Class::Vector)?;
+        b.add(
+            g("ffn_norm.weight"),
+            &format!("{p}.post_attention_layernorm.weight"),
+            &[d_model],
+            Class::Vector,
+        )?;
+        b.add(
+            g("ffn_residual.weight"),
+            &format!("{p}.post_attention_residual"),
+            &[d_model],
+            Class::Vector,
+        )?;
         let m = |n: &str| format!("{p}.mlp.{n}");
-        b.add(g("ffn_gate.weight"), &m("gate_proj.weight"), &[n_ff, d_model], Class::Weight)?;
-        b.add(g("ffn_up.weight"), &m("up_proj.weight"), &[n_ff, d_model], Class::Weight)?;
-        b.add(g("ffn_down.weight"), &m("down_proj.weight"), &[d_model, n_ff], Class::Weight)?;
-        b.add_if_present(g("ffn_gate.bias"), &m("gate_proj.bias"), &[n_ff], Class::Vector)?;
+        b.add(
+            g("ffn_gate.weight"),
+            &m("gate_proj.weight"),
+            &[n_ff, d_model],
+            Class::Weight,
+        )?;
+        b.add(
+            g("ffn_up.weight"),
+            &m("up_proj.weight"),
+            &[n_ff, d_model],
+            Class::Weight,
+        )?;
+        b.add(
+            g("ffn_down.weight"),
+            &m("down_proj.weight"),
+            &[d_model, n_ff],
+            Class::Weight,
+        )?;
+        b.add_if_present(
+            g("ffn_gate.bias"),
+            &m("gate_proj.bias"),
+            &[n_ff],
+            Class::Vector,
+        )?;
         b.add_if_present(g("ffn_up.bias"), &m("up_proj.bias"), &[n_ff], Class::Vector)?;
-        b.add_if_present(g("ffn_down.bias"), &m("down_proj.bias"), &[d_model], Class::Vector)?;
+        b.add_if_present(
+            g("ffn_down.bias"),
+            &m("down_proj.bias"),
+            &[d_model],
+            Class::Vector,
+        )?;
         if is_moe {
-            b.add(g("ffn_gate_inp.weight"), &m("router_gate.weight"), &[2 * nk, d_model], Class::Precise)?;
+            b.add(
+                g("ffn_gate_inp.weight"),
+                &m("router_gate.weight"),
+                &[2 * nk, d_model],
+                Class::Precise,
+            )?;
             let (down, up) = (m("down_embed.weight"), m("up_embed.weight"));
             b.hf.tensor(&down, &[n_expert, d_model])?;
             b.hf.tensor(&up, &[n_expert, d_model])?;
@@ -134,14 +272,13 @@ pub(super) fn build(b: &mut Builder<'_>, cheems: bool, layout: ExpertLayout) -> 
                     class: Class::Experts,
                     source: Source::Records { down, up },
                     ty: cheems_formats::GgmlType::F32,
-                    align: EXPERT_ALIGN,
                 }),
                 ExpertLayout::Tables => {
-                    for (name, src) in [("ffn_down_embed.weight", &down), ("ffn_up_embed.weight", &up)] {
+                    for (name, src) in [
+                        ("ffn_down_embed.weight", &down),
+                        ("ffn_up_embed.weight", &up),
+                    ] {
                         b.add(g(name), src, &[n_expert, d_model], Class::Experts)?;
-                        if let Some(t) = b.tensors.last_mut() {
-                            t.align = EXPERT_ALIGN;
-                        }
                     }
                 }
             }
@@ -177,7 +314,10 @@ fn cheems_layer_types(b: &Builder<'_>, n_layer: usize) -> Result<Vec<&'static st
     let cfg = b.cfg();
     if let Some(list) = cfg.get("layer_types").and_then(Json::as_array) {
         if list.len() != n_layer {
-            bail!("config.json: layer_types has {} entries, num_hidden_layers is {n_layer}", list.len());
+            bail!(
+                "config.json: layer_types has {} entries, num_hidden_layers is {n_layer}",
+                list.len()
+            );
         }
         return list
             .iter()
@@ -193,7 +333,9 @@ fn cheems_layer_types(b: &Builder<'_>, n_layer: usize) -> Result<Vec<&'static st
     if period == 0 {
         bail!("config.json: attn_layer_period must be positive");
     }
-    Ok((0..n_layer).map(|i| if i % period == offset { "dma" } else { "ssd" }).collect())
+    Ok((0..n_layer)
+        .map(|i| if i % period == offset { "dma" } else { "ssd" })
+        .collect())
 }
 
 fn cheems_ssd(b: &Builder<'_>, d_model: usize) -> Result<Ssd> {

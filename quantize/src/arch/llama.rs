@@ -31,7 +31,13 @@ pub(super) fn build(b: &mut Builder<'_>) -> Result<()> {
     let rope = Rope::from_config(cfg)?;
     let tied = cfg.bool_or("tie_word_embeddings", false)?;
 
-    b.embeddings("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", d_model, tied)?;
+    b.embeddings(
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        d_model,
+        tied,
+    )?;
     let a = "llama";
     let md = &mut b.md;
     md.set(format!("{a}.vocab_size"), b.n_vocab as u32);
@@ -56,25 +62,84 @@ pub(super) fn build(b: &mut Builder<'_>) -> Result<()> {
     for i in 0..n_layer {
         let p = format!("model.layers.{i}");
         let g = |s: &str| format!("blk.{i}.{s}");
-        b.add(g("attn_norm.weight"), &format!("{p}.input_layernorm.weight"), &[d_model], Class::Vector)?;
+        b.add(
+            g("attn_norm.weight"),
+            &format!("{p}.input_layernorm.weight"),
+            &[d_model],
+            Class::Vector,
+        )?;
         for (proj, rows, heads) in [("q", q_rows, n_head), ("k", kv_rows, n_head_kv)] {
             let w = format!("{p}.self_attn.{proj}_proj.weight");
             let dims = vec![d_model as u64, rows as u64];
             let t = Transform::RopePermute { n_head: heads };
-            b.add_as(g(&format!("attn_{proj}.weight")), &w, &[rows, d_model], dims, Class::Weight, t.clone())?;
+            b.add_as(
+                g(&format!("attn_{proj}.weight")),
+                &w,
+                &[rows, d_model],
+                dims,
+                Class::Weight,
+                t.clone(),
+            )?;
             let bias = format!("{p}.self_attn.{proj}_proj.bias");
             if b.hf.has(&bias) {
-                b.add_as(g(&format!("attn_{proj}.bias")), &bias, &[rows], vec![rows as u64], Class::Vector, t)?;
+                b.add_as(
+                    g(&format!("attn_{proj}.bias")),
+                    &bias,
+                    &[rows],
+                    vec![rows as u64],
+                    Class::Vector,
+                    t,
+                )?;
             }
         }
-        b.add(g("attn_v.weight"), &format!("{p}.self_attn.v_proj.weight"), &[kv_rows, d_model], Class::Weight)?;
-        b.add_if_present(g("attn_v.bias"), &format!("{p}.self_attn.v_proj.bias"), &[kv_rows], Class::Vector)?;
-        b.add(g("attn_output.weight"), &format!("{p}.self_attn.o_proj.weight"), &[d_model, q_rows], Class::Weight)?;
-        b.add_if_present(g("attn_output.bias"), &format!("{p}.self_attn.o_proj.bias"), &[d_model], Class::Vector)?;
-        b.add(g("ffn_norm.weight"), &format!("{p}.post_attention_layernorm.weight"), &[d_model], Class::Vector)?;
-        b.add(g("ffn_gate.weight"), &format!("{p}.mlp.gate_proj.weight"), &[n_ff, d_model], Class::Weight)?;
-        b.add(g("ffn_up.weight"), &format!("{p}.mlp.up_proj.weight"), &[n_ff, d_model], Class::Weight)?;
-        b.add(g("ffn_down.weight"), &format!("{p}.mlp.down_proj.weight"), &[d_model, n_ff], Class::Weight)?;
+        b.add(
+            g("attn_v.weight"),
+            &format!("{p}.self_attn.v_proj.weight"),
+            &[kv_rows, d_model],
+            Class::Weight,
+        )?;
+        b.add_if_present(
+            g("attn_v.bias"),
+            &format!("{p}.self_attn.v_proj.bias"),
+            &[kv_rows],
+            Class::Vector,
+        )?;
+        b.add(
+            g("attn_output.weight"),
+            &format!("{p}.self_attn.o_proj.weight"),
+            &[d_model, q_rows],
+            Class::Weight,
+        )?;
+        b.add_if_present(
+            g("attn_output.bias"),
+            &format!("{p}.self_attn.o_proj.bias"),
+            &[d_model],
+            Class::Vector,
+        )?;
+        b.add(
+            g("ffn_norm.weight"),
+            &format!("{p}.post_attention_layernorm.weight"),
+            &[d_model],
+            Class::Vector,
+        )?;
+        b.add(
+            g("ffn_gate.weight"),
+            &format!("{p}.mlp.gate_proj.weight"),
+            &[n_ff, d_model],
+            Class::Weight,
+        )?;
+        b.add(
+            g("ffn_up.weight"),
+            &format!("{p}.mlp.up_proj.weight"),
+            &[n_ff, d_model],
+            Class::Weight,
+        )?;
+        b.add(
+            g("ffn_down.weight"),
+            &format!("{p}.mlp.down_proj.weight"),
+            &[d_model, n_ff],
+            Class::Weight,
+        )?;
     }
     Ok(())
 }

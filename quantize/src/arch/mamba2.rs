@@ -33,10 +33,19 @@ impl Ssd {
     pub fn validate(&self) -> Result<()> {
         let s = self;
         if s.n_head == 0 || s.n_group == 0 || s.d_inner % s.n_head != 0 {
-            bail!("SSD: d_inner {} is not a multiple of the head count {}", s.d_inner, s.n_head);
+            bail!(
+                "SSD: d_inner {} is not a multiple of the head count {}",
+                s.d_inner,
+                s.n_head
+            );
         }
         if s.n_head % s.n_group != 0 || s.d_inner % s.n_group != 0 {
-            bail!("SSD: head count {} and d_inner {} must be multiples of n_groups {}", s.n_head, s.d_inner, s.n_group);
+            bail!(
+                "SSD: head count {} and d_inner {} must be multiples of n_groups {}",
+                s.n_head,
+                s.d_inner,
+                s.n_group
+            );
         }
         if s.d_conv == 0 {
             bail!("SSD: conv kernel must be at least 1");
@@ -60,22 +69,75 @@ impl Ssd {
         let g = |n: &str| format!("blk.{i}.{n}");
         let h = |n: &str| format!("{prefix}.{n}");
         let (nh, cd) = (s.n_head as u64, s.conv_dim());
-        b.add(g("ssm_in.weight"), &h("in_proj.weight"), &[s.in_proj_rows(), s.d_model], Class::Weight)?;
-        b.add_if_present(g("ssm_in.bias"), &h("in_proj.bias"), &[s.in_proj_rows()], Class::Vector)?;
+        b.add(
+            g("ssm_in.weight"),
+            &h("in_proj.weight"),
+            &[s.in_proj_rows(), s.d_model],
+            Class::Weight,
+        )?;
+        b.add_if_present(
+            g("ssm_in.bias"),
+            &h("in_proj.bias"),
+            &[s.in_proj_rows()],
+            Class::Vector,
+        )?;
         let conv_dims = vec![s.d_conv as u64, cd as u64];
-        b.add_as(g("ssm_conv1d.weight"), &h("conv1d.weight"), &[cd, 1, s.d_conv], conv_dims, Class::Precise, Transform::None)?;
-        b.add_if_present(g("ssm_conv1d.bias"), &h("conv1d.bias"), &[cd], Class::Vector)?;
+        b.add_as(
+            g("ssm_conv1d.weight"),
+            &h("conv1d.weight"),
+            &[cd, 1, s.d_conv],
+            conv_dims,
+            Class::Precise,
+            Transform::None,
+        )?;
+        b.add_if_present(
+            g("ssm_conv1d.bias"),
+            &h("conv1d.bias"),
+            &[cd],
+            Class::Vector,
+        )?;
         b.add(g("ssm_dt.bias"), &h("dt_bias"), &[s.n_head], Class::Vector)?;
-        b.add_as(g("ssm_a"), &h("A_log"), &[s.n_head], vec![1, nh], Class::Precise, Transform::NegExp)?;
-        b.add_as(g("ssm_d"), &h("D"), &[s.n_head], vec![1, nh], Class::Precise, Transform::None)?;
+        b.add_as(
+            g("ssm_a"),
+            &h("A_log"),
+            &[s.n_head],
+            vec![1, nh],
+            Class::Precise,
+            Transform::NegExp,
+        )?;
+        b.add_as(
+            g("ssm_d"),
+            &h("D"),
+            &[s.n_head],
+            vec![1, nh],
+            Class::Precise,
+            Transform::None,
+        )?;
         let norm_dims = if s.n_group > 1 {
             vec![(s.d_inner / s.n_group) as u64, s.n_group as u64]
         } else {
             vec![s.d_inner as u64]
         };
-        b.add_as(g("ssm_norm.weight"), &h("norm.weight"), &[s.d_inner], norm_dims, Class::Vector, Transform::None)?;
-        b.add(g("ssm_out.weight"), &h("out_proj.weight"), &[s.d_model, s.d_inner], Class::Weight)?;
-        b.add_if_present(g("ssm_out.bias"), &h("out_proj.bias"), &[s.d_model], Class::Vector)?;
+        b.add_as(
+            g("ssm_norm.weight"),
+            &h("norm.weight"),
+            &[s.d_inner],
+            norm_dims,
+            Class::Vector,
+            Transform::None,
+        )?;
+        b.add(
+            g("ssm_out.weight"),
+            &h("out_proj.weight"),
+            &[s.d_model, s.d_inner],
+            Class::Weight,
+        )?;
+        b.add_if_present(
+            g("ssm_out.bias"),
+            &h("out_proj.bias"),
+            &[s.d_model],
+            Class::Vector,
+        )?;
         Ok(())
     }
 }
@@ -99,8 +161,9 @@ pub(super) fn build(b: &mut Builder<'_>) -> Result<()> {
     };
     let d_model = first("hidden_size", "d_model", false)?
         .ok_or_else(|| anyhow::anyhow!("config.json has neither `hidden_size` nor `d_model`"))?;
-    let n_layer = first("num_hidden_layers", "n_layer", false)?
-        .ok_or_else(|| anyhow::anyhow!("config.json has neither `num_hidden_layers` nor `n_layer`"))?;
+    let n_layer = first("num_hidden_layers", "n_layer", false)?.ok_or_else(|| {
+        anyhow::anyhow!("config.json has neither `num_hidden_layers` nor `n_layer`")
+    })?;
     if let Some(layer) = sub.opt_str("layer") {
         if layer != "Mamba2" {
             bail!("mamba_ssm config: ssm_cfg.layer is `{layer}`; only Mamba2 is supported");
@@ -109,7 +172,11 @@ pub(super) fn build(b: &mut Builder<'_>) -> Result<()> {
     if cfg.usize_or("d_intermediate", 0)? != 0 {
         bail!("mamba_ssm config: d_intermediate > 0 (an MLP after each mixer) is not supported");
     }
-    if cfg.get("attn_layer_idx").and_then(Json::as_array).is_some_and(|a| !a.is_empty()) {
+    if cfg
+        .get("attn_layer_idx")
+        .and_then(Json::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
         bail!("mamba_ssm config: attention layers (attn_layer_idx) are not supported");
     }
     let d_state = first("state_size", "d_state", true)?.unwrap_or(128);
@@ -141,7 +208,14 @@ pub(super) fn build(b: &mut Builder<'_>) -> Result<()> {
     } else {
         cfg.bool_or("tie_word_embeddings", false)? || !b.hf.has("lm_head.weight")
     };
-    let ssd = Ssd { d_model, d_inner, d_state, n_group, n_head, d_conv };
+    let ssd = Ssd {
+        d_model,
+        d_inner,
+        d_state,
+        n_group,
+        n_head,
+        d_conv,
+    };
     ssd.validate()?;
 
     let embed = if b.hf.has("backbone.embedding.weight") {
@@ -149,7 +223,13 @@ pub(super) fn build(b: &mut Builder<'_>) -> Result<()> {
     } else {
         "backbone.embeddings.weight"
     };
-    b.embeddings(embed, "backbone.norm_f.weight", "lm_head.weight", d_model, tied)?;
+    b.embeddings(
+        embed,
+        "backbone.norm_f.weight",
+        "lm_head.weight",
+        d_model,
+        tied,
+    )?;
     let a = "mamba2";
     b.md.set(format!("{a}.vocab_size"), b.n_vocab as u32);
     b.md.set(format!("{a}.context_length"), 1u32 << 20);
@@ -161,7 +241,12 @@ pub(super) fn build(b: &mut Builder<'_>) -> Result<()> {
     b.md.set(format!("{a}.attention.layer_norm_rms_epsilon"), eps as f32);
     for i in 0..n_layer {
         let p = format!("backbone.layers.{i}");
-        b.add(format!("blk.{i}.attn_norm.weight"), &format!("{p}.norm.weight"), &[d_model], Class::Vector)?;
+        b.add(
+            format!("blk.{i}.attn_norm.weight"),
+            &format!("{p}.norm.weight"),
+            &[d_model],
+            Class::Vector,
+        )?;
         ssd.layer(b, i, &format!("{p}.mixer"))?;
     }
     Ok(())

@@ -35,9 +35,9 @@ pub fn plan(hf: &HfDir, opts: &crate::plan::Options) -> Result<Plan> {
         (Some("DogeForCausalLM"), _) | (None, "doge") => "doge",
         (Some("CheemsForCausalLM"), _) | (None, "cheems") => "cheems",
         (None, _) if is_mamba_ssm => "mamba2",
-        (Some(other), _) => bail!(
-            "unsupported architecture `{other}` in config.json (supported: {SUPPORTED})"
-        ),
+        (Some(other), _) => {
+            bail!("unsupported architecture `{other}` in config.json (supported: {SUPPORTED})")
+        }
         (None, other) => bail!(
             "config.json names no architecture (model_type `{other}`); supported: {SUPPORTED}"
         ),
@@ -53,7 +53,11 @@ pub fn plan(hf: &HfDir, opts: &crate::plan::Options) -> Result<Plan> {
         _ => doge::build(&mut b, true, opts.expert_layout)?,
     }
     crate::vocab::write_tokenizer(hf, b.n_vocab, &mut b.md)?;
-    Ok(Plan { arch: kind, metadata: b.md, tensors: b.tensors })
+    Ok(Plan {
+        arch: kind,
+        metadata: b.md,
+        tensors: b.tensors,
+    })
 }
 
 /// Collects metadata and planned tensors while checking shapes against the config.
@@ -67,7 +71,12 @@ pub(crate) struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(hf: &'a HfDir) -> Self {
-        Builder { hf, md: Metadata::new(), tensors: Vec::new(), n_vocab: 0 }
+        Builder {
+            hf,
+            md: Metadata::new(),
+            tensors: Vec::new(),
+            n_vocab: 0,
+        }
     }
 
     pub fn cfg(&self) -> Config<'a> {
@@ -76,13 +85,7 @@ impl<'a> Builder<'a> {
 
     /// Adds `gguf` from checkpoint tensor `hf` of row-major shape `shape`, stored with ggml dims
     /// reversed from `shape` (or `dims` when given, for reshapes that keep the data order).
-    pub fn add(
-        &mut self,
-        gguf: String,
-        hf: &str,
-        shape: &[usize],
-        class: Class,
-    ) -> Result<()> {
+    pub fn add(&mut self, gguf: String, hf: &str, shape: &[usize], class: Class) -> Result<()> {
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
         self.add_as(gguf, hf, shape, dims, class, Transform::None)
     }
@@ -106,15 +109,23 @@ impl<'a> Builder<'a> {
             name: gguf,
             dims,
             class,
-            source: Source::Tensor { name: hf.to_string(), transform },
+            source: Source::Tensor {
+                name: hf.to_string(),
+                transform,
+            },
             ty: GgmlType::F32,
-            align: 0,
         });
         Ok(())
     }
 
     /// Adds an optional tensor (a bias) if the checkpoint has it.
-    pub fn add_if_present(&mut self, gguf: String, hf: &str, shape: &[usize], class: Class) -> Result<()> {
+    pub fn add_if_present(
+        &mut self,
+        gguf: String,
+        hf: &str,
+        shape: &[usize],
+        class: Class,
+    ) -> Result<()> {
         if self.hf.has(hf) {
             self.add(gguf, hf, shape, class)?;
         }
@@ -129,7 +140,6 @@ impl<'a> Builder<'a> {
             class: Class::Vector,
             source: Source::Values(values),
             ty: GgmlType::F32,
-            align: 0,
         });
     }
 
@@ -157,13 +167,29 @@ impl<'a> Builder<'a> {
         self.n_vocab = n_vocab;
         let has_head = self.hf.has(head) && !tied;
         if !tied && !self.hf.has(head) {
-            bail!("config.json says the embeddings are not tied, but the checkpoint has no `{head}`");
+            bail!(
+                "config.json says the embeddings are not tied, but the checkpoint has no `{head}`"
+            );
         }
-        let embed_class = if has_head { Class::Embedding } else { Class::Output };
-        self.add("token_embd.weight".into(), embed, &[n_vocab, d_model], embed_class)?;
+        let embed_class = if has_head {
+            Class::Embedding
+        } else {
+            Class::Output
+        };
+        self.add(
+            "token_embd.weight".into(),
+            embed,
+            &[n_vocab, d_model],
+            embed_class,
+        )?;
         self.add("output_norm.weight".into(), norm, &[d_model], Class::Vector)?;
         if has_head {
-            self.add("output.weight".into(), head, &[n_vocab, d_model], Class::Output)?;
+            self.add(
+                "output.weight".into(),
+                head,
+                &[n_vocab, d_model],
+                Class::Output,
+            )?;
         }
         Ok(())
     }
@@ -202,12 +228,24 @@ impl Rope {
             .get("original_max_position_embeddings")
             .and_then(Json::as_u64)
             .map(|v| v as usize);
-        Ok(Rope { theta, kind, factor, original_context, params })
+        Ok(Rope {
+            theta,
+            kind,
+            factor,
+            original_context,
+            params,
+        })
     }
 
     /// Writes `<arch>.rope.*` for the kinds llama.cpp names (`none`, `linear`) and the ones cheems
     /// adds (`dynamic`, Doge's NTK scaling).
-    pub fn write(&self, md: &mut Metadata, arch: &str, max_pos: usize, allowed: &[&str]) -> Result<()> {
+    pub fn write(
+        &self,
+        md: &mut Metadata,
+        arch: &str,
+        max_pos: usize,
+        allowed: &[&str],
+    ) -> Result<()> {
         md.set(format!("{arch}.rope.freq_base"), self.theta as f32);
         if !allowed.contains(&self.kind.as_str()) {
             bail!(

@@ -1,0 +1,162 @@
+//! Cross Domain Mixture of Experts (Doge `DogeCDMoE`) with natural per-token routing
+//! (`architectures.md` eqs. 18-23): a shared gated MLP plus k rank-one experts chosen by product
+//! keys. Expert e is a `down_embed` row (its input vector) and an `up_embed` row (its output
+//! vector), read from the file's expert records (or the two tables).
+//!
+//! Routing: `r = W_router b`, halves `rx`, `ry` of `nk` scores; expert `(i, j)` scores
+//! `rx_i + ry_j`. The top k of the `nk²` sums are found exactly from the top `min(k, nk)` of each
+//! half. Among equal sums the lower expert id wins (the reference leaves ties unspecified).
+
+use anyhow::{bail, Result};
+use cheems_kernels::matvec::{row_axpy, row_dot};
+
+use super::mlp::{silu, Mlp};
+use crate::config::Config;
+use crate::weights::{Binder, Mat};
+use crate::Ctx;
+
+/// Where the experts' rows live.
+#[derive(Debug)]
+pub enum Experts {
+    /// `[H, 2, E]`: row 2e = down_embed[e], row 2e+1 = up_embed[e].
+    Records(Mat),
+    /// `[H, E]` each.
+    Tables { down: Mat, up: Mat },
+}
+
+impl Experts {
+    fn rows<'a>(&self, map: &'a [u8], e: usize) -> (cheems_formats::GgmlType, &'a [u8], &'a [u8]) {
+        match self {
+            Experts::Records(m) => {
+                let r = m.get(map);
+                (m.ty, r.row(2 * e), r.row(2 * e + 1))
+            }
+            Experts::Tables { down, up } => (down.ty, down.get(map).row(e), up.get(map).row(e)),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CdMoe {
+    pub shared: Mlp,
+    /// [d_model] -> [2·nk]
+    pub router: Mat,
+    pub experts: Experts,
+    pub n_keys: usize,
+    pub n_used: usize,
+}
+
+/// Per-token scratch of CDMoE layers (sized once).
+#[derive(Debug, Clone)]
+pub struct MoeScratch {
+    pub router: Vec<f32>,
+    pub idx_x: Vec<usize>,
+    pub idx_y: Vec<usize>,
+    /// (score, expert) candidates, `min(k, nk)²` of them
+    pub cand: Vec<(f32, usize)>,
+    pub row: Vec<f32>,
+}
+
+impl MoeScratch {
+    pub fn new(c: &Config) -> Self {
+        let nk = c.n_keys();
+        let m = c.n_experts_used.min(nk);
+        MoeScratch {
+            router: vec![0.0; 2 * nk],
+            idx_x: (0..nk).collect(),
+            idx_y: (0..nk).collect(),
+            cand: vec![(0.0, 0); m * m],
+            row: vec![0.0; c.d_model],
+        }
+    }
+}
+
+/// Sorts `idx` so that its first `m` entries index the `m` largest `scores`, largest first
+/// (ties: lower index first).
+fn top_m(scores: &[f32], idx: &mut [usize], m: usize) {
+    for (i, v) in idx.iter_mut().enumerate() {
+        *v = i;
+    }
+    let cmp = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    if m < idx.len() {
+        idx.select_nth_unstable_by(m, cmp);
+    }
+    idx[..m].sort_unstable_by(cmp);
+}
+
+impl CdMoe {
+    pub fn bind(b: &Binder<'_>, layer: usize, c: &Config) -> Result<Self> {
+        let n = |s: &str| format!("blk.{layer}.{s}");
+        let nk = c.n_keys();
+        let experts = if b.has(&n("ffn_experts.weight")) {
+            Experts::Records(b.mat(&n("ffn_experts.weight"), c.d_model, 2 * c.n_experts)?)
+        } else if b.has(&n("ffn_down_embed.weight")) {
+            let down = b.mat(&n("ffn_down_embed.weight"), c.d_model, c.n_experts)?;
+            let up = b.mat(&n("ffn_up_embed.weight"), c.d_model, c.n_experts)?;
+            if down.ty != up.ty {
+                bail!(
+                    "layer {layer}: expert tables of different types ({} and {})",
+                    down.ty,
+                    up.ty
+                );
+            }
+            Experts::Tables { down, up }
+        } else {
+            bail!(
+                "layer {layer}: no expert records (`{}`) or tables",
+                n("ffn_experts.weight")
+            );
+        };
+        Ok(CdMoe {
+            shared: Mlp::bind(b, layer, c.d_model, c.d_ff)?,
+            router: b.mat(&n("ffn_gate_inp.weight"), c.d_model, 2 * nk)?,
+            experts,
+            n_keys: nk,
+            n_used: c.n_experts_used,
+        })
+    }
+
+    /// `out = MLP(x) + Σ_m silu(down_m · x) · w_m · up_m`.
+    pub fn forward(
+        &self,
+        cx: &mut Ctx<'_>,
+        x: &[f32],
+        h1: &mut [f32],
+        h2: &mut [f32],
+        s: &mut MoeScratch,
+        out: &mut [f32],
+    ) {
+        let (nk, k) = (self.n_keys, self.n_used);
+        let m = k.min(nk);
+        cx.matvec(&self.router, x, &mut s.router);
+        let (rx, ry) = s.router.split_at(nk);
+        top_m(rx, &mut s.idx_x, m);
+        top_m(ry, &mut s.idx_y, m);
+        for (a, &i) in s.idx_x[..m].iter().enumerate() {
+            for (b, &j) in s.idx_y[..m].iter().enumerate() {
+                s.cand[a * m + b] = (rx[i] + ry[j], i * nk + j);
+            }
+        }
+        let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if k < s.cand.len() {
+            s.cand.select_nth_unstable_by(k, by_score);
+        }
+        let chosen = &mut s.cand[..k];
+        chosen.sort_unstable_by(by_score);
+        // Softmax over the chosen sums.
+        let max = chosen[0].0;
+        let total: f32 = chosen.iter().map(|c| (c.0 - max).exp()).sum();
+        self.shared.forward(cx, x, h1, h2, out);
+        let expert_ty = match &self.experts {
+            Experts::Records(mm) => mm.ty,
+            Experts::Tables { down, .. } => down.ty,
+        };
+        cx.act.quantize_for(expert_ty, x);
+        for &(score, e) in chosen.iter() {
+            let w = (score - max).exp() / total;
+            let (ty, down, up) = self.experts.rows(cx.map, e);
+            let alpha = silu(row_dot(ty, down, cx.act, x)) * w;
+            row_axpy(ty, up, alpha, out, &mut s.row);
+        }
+    }
+}

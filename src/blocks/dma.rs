@@ -1,0 +1,212 @@
+//! Dynamic Mask Attention (Doge) with its exact bounded KV cache.
+//!
+//! Each key j carries a score per KV head, `s_j = exp(A · softplus(W_dt v_j + b_dt))`, that
+//! depends on its own values only (not on the query), and that is added to the attention logit.
+//! Once more than `keep_window` keys are visible, a query attends to the `keep_window` keys of
+//! highest score. Because scores never change and the visible set only grows, a key that falls
+//! out of the top `keep_window` never returns, so a cache of `keep_window` entries per KV head,
+//! evicting the lowest score on each insert, is exact (`architectures.md` §1.7).
+//!
+//! **Definition of ties** (where the reference is unspecified): scores are computed in f32; among
+//! equal lowest scores the oldest key is evicted (the more recent key is kept), and a new key
+//! whose score equals the lowest replaces that entry.
+
+use anyhow::Result;
+
+use super::attention::{add_bias, softmax, AttnScratch};
+use super::norm::rmsnorm_inplace;
+use super::rope::RopeTable;
+use crate::config::Config;
+use crate::weights::{Binder, Mat};
+use crate::Ctx;
+
+#[derive(Debug)]
+pub struct Dma {
+    /// [d_model] -> [n_heads·head_dim]
+    pub q: Mat,
+    /// [d_model] -> [n_kv_heads·head_dim]
+    pub k: Mat,
+    /// [d_model] -> [n_kv_heads·head_dim]
+    pub v: Mat,
+    /// [n_heads·head_dim] -> [d_model]
+    pub o: Mat,
+    /// [head_dim], shared by all query heads
+    pub q_norm: Vec<f32>,
+    /// [head_dim], shared by all KV heads
+    pub k_norm: Vec<f32>,
+    /// [n_kv_heads·head_dim] -> [n_kv_heads]: the score projection of all KV heads' values
+    pub dt: Mat,
+    pub dt_bias: Option<Vec<f32>>,
+    /// [n_kv_heads]
+    pub a: Vec<f32>,
+    pub q_bias: Option<Vec<f32>>,
+    pub k_bias: Option<Vec<f32>>,
+    pub v_bias: Option<Vec<f32>>,
+    pub o_bias: Option<Vec<f32>>,
+}
+
+/// The bounded cache of one DMA layer: per KV head at most `keep_window` entries of
+/// (key after norm and RoPE, value, score, position).
+#[derive(Debug, Clone)]
+pub struct DmaCache {
+    pub keep_window: usize,
+    head_dim: usize,
+    /// [n_kv_heads][keep_window][head_dim]
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// [n_kv_heads][keep_window]
+    pub score: Vec<f32>,
+    pub pos: Vec<usize>,
+    /// Entries held per KV head.
+    pub len: Vec<usize>,
+}
+
+impl DmaCache {
+    pub fn new(c: &Config) -> Self {
+        let (kw, hd, g) = (c.keep_window, c.head_dim, c.n_kv_heads);
+        DmaCache {
+            keep_window: kw,
+            head_dim: hd,
+            k: vec![0.0; g * kw * hd],
+            v: vec![0.0; g * kw * hd],
+            score: vec![0.0; g * kw],
+            pos: vec![0; g * kw],
+            len: vec![0; g],
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.len.fill(0);
+    }
+
+    /// Offers a key to head `g`'s cache; applies the eviction rule.
+    pub fn insert(&mut self, g: usize, k: &[f32], v: &[f32], score: f32, pos: usize) {
+        let (kw, hd) = (self.keep_window, self.head_dim);
+        let base = g * kw;
+        let slot = if self.len[g] < kw {
+            self.len[g] += 1;
+            self.len[g] - 1
+        } else {
+            // The lowest score; among equals, the oldest.
+            let mut m = 0;
+            for i in 1..kw {
+                let (si, sm) = (self.score[base + i], self.score[base + m]);
+                if si < sm || (si == sm && self.pos[base + i] < self.pos[base + m]) {
+                    m = i;
+                }
+            }
+            if score < self.score[base + m] {
+                return; // the newcomer itself is the lowest: it is never attended to
+            }
+            m
+        };
+        let at = (base + slot) * hd;
+        self.k[at..at + hd].copy_from_slice(k);
+        self.v[at..at + hd].copy_from_slice(v);
+        self.score[base + slot] = score;
+        self.pos[base + slot] = pos;
+    }
+}
+
+/// `log(1 + e^x)` as PyTorch computes it (linear above 20).
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+impl Dma {
+    pub fn bind(b: &Binder<'_>, layer: usize, c: &Config) -> Result<Self> {
+        let n = |s: &str| format!("blk.{layer}.{s}");
+        let (qd, kvd, hd) = (
+            c.n_heads * c.head_dim,
+            c.n_kv_heads * c.head_dim,
+            c.head_dim,
+        );
+        Ok(Dma {
+            q: b.mat(&n("attn_q.weight"), c.d_model, qd)?,
+            k: b.mat(&n("attn_k.weight"), c.d_model, kvd)?,
+            v: b.mat(&n("attn_v.weight"), c.d_model, kvd)?,
+            o: b.mat(&n("attn_output.weight"), qd, c.d_model)?,
+            q_norm: b.vector(&n("attn_q_norm.weight"), hd)?,
+            k_norm: b.vector(&n("attn_k_norm.weight"), hd)?,
+            dt: b.mat(&n("attn_dt.weight"), kvd, c.n_kv_heads)?,
+            dt_bias: b.opt_vector(&n("attn_dt.bias"), c.n_kv_heads)?,
+            a: b.vector(&n("attn_a"), c.n_kv_heads)?,
+            q_bias: b.opt_vector(&n("attn_q.bias"), qd)?,
+            k_bias: b.opt_vector(&n("attn_k.bias"), kvd)?,
+            v_bias: b.opt_vector(&n("attn_v.bias"), kvd)?,
+            o_bias: b.opt_vector(&n("attn_output.bias"), c.d_model)?,
+        })
+    }
+
+    /// One token at position `pos`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &self,
+        cx: &mut Ctx<'_>,
+        c: &Config,
+        rope: &RopeTable,
+        x: &[f32],
+        pos: usize,
+        cache: &mut DmaCache,
+        s: &mut AttnScratch,
+        out: &mut [f32],
+    ) {
+        cx.matvec(&self.q, x, &mut s.q);
+        cx.matvec(&self.k, x, &mut s.k);
+        cx.matvec(&self.v, x, &mut s.v);
+        add_bias(&mut s.q, &self.q_bias);
+        add_bias(&mut s.k, &self.k_bias);
+        add_bias(&mut s.v, &self.v_bias);
+        let (hd, eps) = (c.head_dim, c.norm_eps);
+        s.q.chunks_exact_mut(hd)
+            .for_each(|h| rmsnorm_inplace(h, &self.q_norm, eps));
+        s.k.chunks_exact_mut(hd)
+            .for_each(|h| rmsnorm_inplace(h, &self.k_norm, eps));
+        rope.apply(&mut s.q, pos);
+        rope.apply(&mut s.k, pos);
+        // Scores of the new key, one per KV head, from all KV heads' values.
+        let mut dt = [0f32; 64];
+        let dt = &mut dt[..c.n_kv_heads];
+        cx.matvec(&self.dt, &s.v, dt);
+        add_bias(dt, &self.dt_bias);
+        for (g, &d) in dt.iter().enumerate() {
+            let score = (self.a[g] * softplus(d)).exp();
+            cache.insert(
+                g,
+                &s.k[g * hd..(g + 1) * hd],
+                &s.v[g * hd..(g + 1) * hd],
+                score,
+                pos,
+            );
+        }
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let kw = cache.keep_window;
+        for h in 0..c.n_heads {
+            let g = h / group;
+            let n = cache.len[g];
+            let q = &s.q[h * hd..(h + 1) * hd];
+            let att = &mut s.att[..n];
+            for (j, a) in att.iter_mut().enumerate() {
+                let e = g * kw + j;
+                let k = &cache.k[e * hd..(e + 1) * hd];
+                *a = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale + cache.score[e];
+            }
+            softmax(att);
+            let o = &mut s.out[h * hd..(h + 1) * hd];
+            o.fill(0.0);
+            for (j, &a) in att.iter().enumerate() {
+                let e = g * kw + j;
+                o.iter_mut()
+                    .zip(&cache.v[e * hd..(e + 1) * hd])
+                    .for_each(|(o, v)| *o += a * v);
+            }
+        }
+        cx.matvec(&self.o, &s.out, out);
+        add_bias(out, &self.o_bias);
+    }
+}

@@ -1,0 +1,48 @@
+//! The gated MLP: `W_down(silu(W_gate x) ⊙ W_up x)` (llama, doge, and CDMoE's shared MLP).
+
+use anyhow::Result;
+
+use crate::weights::{Binder, Mat};
+use crate::Ctx;
+
+#[derive(Debug)]
+pub struct Mlp {
+    /// [d_model] -> [d_ff]
+    pub gate: Mat,
+    /// [d_model] -> [d_ff]
+    pub up: Mat,
+    /// [d_ff] -> [d_model]
+    pub down: Mat,
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl Mlp {
+    pub fn bind(b: &Binder<'_>, layer: usize, d_model: usize, d_ff: usize) -> Result<Self> {
+        let n = |s: &str| format!("blk.{layer}.{s}.weight");
+        Ok(Mlp {
+            gate: b.mat(&n("ffn_gate"), d_model, d_ff)?,
+            up: b.mat(&n("ffn_up"), d_model, d_ff)?,
+            down: b.mat(&n("ffn_down"), d_ff, d_model)?,
+        })
+    }
+
+    /// `out = MLP(x)`; `h1`, `h2` are `d_ff` scratch rows.
+    pub fn forward(
+        &self,
+        cx: &mut Ctx<'_>,
+        x: &[f32],
+        h1: &mut [f32],
+        h2: &mut [f32],
+        out: &mut [f32],
+    ) {
+        cx.matvec(&self.gate, x, h1);
+        cx.matvec(&self.up, x, h2);
+        for (a, b) in h1.iter_mut().zip(h2.iter()) {
+            *a = silu(*a) * b;
+        }
+        cx.matvec(&self.down, h1, out);
+    }
+}

@@ -1,0 +1,134 @@
+//! A loaded model: the mapped file, its hyper-parameters and every layer's weights bound by name
+//! and shape. One `Model` is shared (`Arc`) by any number of [`crate::Session`]s.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use cheems_formats::gguf::GgufFile;
+
+use crate::blocks::attention::Attention;
+use crate::blocks::cdmoe::CdMoe;
+use crate::blocks::dma::Dma;
+use crate::blocks::mlp::Mlp;
+use crate::blocks::rope::RopeTable;
+use crate::blocks::ssd::Ssd;
+use crate::config::{Arch, Config, LayerKind};
+use crate::weights::{Binder, Mat};
+
+/// A layer's sequence mixer.
+#[derive(Debug)]
+pub enum Mixer {
+    Attention(Attention),
+    Dma(Dma),
+    Ssd(Ssd),
+}
+
+/// A layer's feed-forward sublayer.
+#[derive(Debug)]
+pub enum Ffn {
+    Mlp(Mlp),
+    CdMoe(CdMoe),
+}
+
+#[derive(Debug)]
+pub struct Layer {
+    /// [d_model]
+    pub attn_norm: Vec<f32>,
+    /// [d_model], Doge's scale of the skip path around the mixer
+    pub attn_residual: Option<Vec<f32>>,
+    pub mixer: Mixer,
+    /// (norm [d_model], skip scale [d_model], FFN); absent in mamba2
+    pub ffn: Option<(Vec<f32>, Option<Vec<f32>>, Ffn)>,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub file: GgufFile,
+    pub config: Config,
+    /// [d_model] x n_vocab rows
+    pub embed: Mat,
+    /// [d_model] -> [n_vocab] (the embedding when tied)
+    pub output: Mat,
+    /// [d_model]
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub rope: Option<RopeTable>,
+}
+
+impl Model {
+    /// Maps and binds a model file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let file =
+            GgufFile::open(path).with_context(|| format!("cannot load {}", path.display()))?;
+        Self::from_file(file).with_context(|| format!("cannot load {}", path.display()))
+    }
+
+    pub fn from_file(file: GgufFile) -> Result<Self> {
+        let c = Config::from_metadata(file.metadata())?;
+        let b = Binder { file: &file };
+        let embed = b.mat("token_embd.weight", c.d_model, c.n_vocab)?;
+        let output = if b.has("output.weight") {
+            b.mat("output.weight", c.d_model, c.n_vocab)?
+        } else {
+            embed
+        };
+        let output_norm = b.vector("output_norm.weight", c.d_model)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for (i, kind) in c.layer_kinds.iter().enumerate() {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let attn_norm = b.vector(&n("attn_norm.weight"), c.d_model)?;
+            let mixer = match kind {
+                LayerKind::Attention => Mixer::Attention(Attention::bind(&b, i, &c)?),
+                LayerKind::Dma => Mixer::Dma(Dma::bind(&b, i, &c)?),
+                LayerKind::Ssd => Mixer::Ssd(Ssd::bind(&b, i, &c)?),
+            };
+            let (attn_residual, ffn) = match c.arch {
+                Arch::Mamba2 => (None, None),
+                Arch::Llama => {
+                    let norm = b.vector(&n("ffn_norm.weight"), c.d_model)?;
+                    (
+                        None,
+                        Some((norm, None, Ffn::Mlp(Mlp::bind(&b, i, c.d_model, c.d_ff)?))),
+                    )
+                }
+                Arch::Doge | Arch::Cheems => {
+                    let norm = b.vector(&n("ffn_norm.weight"), c.d_model)?;
+                    let res = b.vector(&n("ffn_residual.weight"), c.d_model)?;
+                    let ffn = if c.n_experts > 0 {
+                        Ffn::CdMoe(CdMoe::bind(&b, i, &c)?)
+                    } else {
+                        Ffn::Mlp(Mlp::bind(&b, i, c.d_model, c.d_ff)?)
+                    };
+                    (
+                        Some(b.vector(&n("attn_residual.weight"), c.d_model)?),
+                        Some((norm, Some(res), ffn)),
+                    )
+                }
+            };
+            layers.push(Layer {
+                attn_norm,
+                attn_residual,
+                mixer,
+                ffn,
+            });
+        }
+        if c.n_kv_heads > 64 {
+            bail!("{} KV heads: at most 64 are supported", c.n_kv_heads);
+        }
+        let rope = c.rope.as_ref().map(RopeTable::new);
+        Ok(Model {
+            file,
+            config: c,
+            embed,
+            output,
+            output_norm,
+            layers,
+            rope,
+        })
+    }
+
+    /// The mapped bytes weights point into.
+    pub fn map(&self) -> &[u8] {
+        self.file.bytes()
+    }
+}
