@@ -19,6 +19,7 @@ pub mod blocks;
 pub mod config;
 pub mod model;
 pub mod npy;
+pub mod sampler;
 pub mod session;
 pub mod tokenizer;
 pub mod weights;
@@ -34,7 +35,7 @@ pub use session::{Session, SessionOptions};
 #[derive(Debug)]
 pub struct Ctx<'a> {
     pub map: &'a [u8],
-    pub pool: &'a rayon::ThreadPool,
+    pub pool: &'a cheems_kernels::pool::Pool,
     pub act: &'a mut Activation,
 }
 

@@ -20,8 +20,12 @@ enum Command {
     Quantize(cmd::quantize::Args),
     /// Describe a model file: architecture, hyper-parameters, tokenizer, tensors.
     Info(cmd::info::Args),
+    /// Generate text from a prompt.
+    Run(cmd::run::Args),
     /// Write the logits after each token to a .npy file.
     Logits(cmd::logits::Args),
+    /// Perplexity of the model over a text file.
+    Perplexity(cmd::perplexity::Args),
 }
 
 fn main() -> ExitCode {
@@ -29,7 +33,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Info(a) => cmd::info::run(a),
+        Command::Run(a) => cmd::run::run(a),
         Command::Logits(a) => cmd::logits::run(a),
+        Command::Perplexity(a) => cmd::perplexity::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

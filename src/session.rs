@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use cheems_kernels::matvec::{row_f32, Activation};
+use cheems_kernels::pool::Pool;
 
 use crate::blocks::attention::{AttnScratch, KvCache};
 use crate::blocks::cdmoe::MoeScratch;
@@ -31,8 +32,12 @@ enum State {
     Ssd(SsdState),
 }
 
+/// Tokens a prefill processes together, layer by layer.
+pub const MAX_BATCH: usize = 64;
+
 #[derive(Debug)]
 struct Scratch {
+    /// [MAX_BATCH][d_model]: residual stream, normed input, branch output
     x: Vec<f32>,
     xb: Vec<f32>,
     xb2: Vec<f32>,
@@ -47,7 +52,7 @@ struct Scratch {
 
 pub struct Session {
     model: Arc<Model>,
-    pool: rayon::ThreadPool,
+    pool: Pool,
     pos: usize,
     states: Vec<State>,
     sc: Scratch,
@@ -69,9 +74,7 @@ impl Session {
         let threads = opts
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .build()?;
+        let pool = Pool::new(threads.max(1))?;
         let ctx = opts.ctx.unwrap_or(c.context_length.min(4096)).max(1);
         let states = model
             .layers
@@ -93,13 +96,13 @@ impl Session {
         .max()
         .unwrap_or(c.d_model);
         let sc = Scratch {
-            x: vec![0.0; c.d_model],
-            xb: vec![0.0; c.d_model],
-            xb2: vec![0.0; c.d_model],
+            x: vec![0.0; MAX_BATCH * c.d_model],
+            xb: vec![0.0; MAX_BATCH * c.d_model],
+            xb2: vec![0.0; MAX_BATCH * c.d_model],
             h1: vec![0.0; c.d_ff],
             h2: vec![0.0; c.d_ff],
             attn: AttnScratch::new(c, max_keys),
-            ssd: c.ssd.as_ref().map(SsdScratch::new),
+            ssd: c.ssd.as_ref().map(|s| SsdScratch::new(s, MAX_BATCH)),
             moe: (c.n_experts > 0).then(|| MoeScratch::new(c)),
             act: Activation::with_capacity(widest),
             logits: vec![0.0; c.n_vocab],
@@ -146,20 +149,34 @@ impl Session {
         self.trace.as_deref()
     }
 
-    /// Feeds tokens one after another; returns the logits after the last.
+    /// Feeds a prompt, layer by layer in batches of [`MAX_BATCH`] tokens (SSD layers use the
+    /// chunked scan); returns the logits after the last token. On an error (an unknown token id,
+    /// a full context) the session is unchanged.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
         if tokens.is_empty() {
             bail!("empty prompt: nothing to process");
         }
-        for &t in tokens {
-            self.step(t)?;
+        self.check(tokens)?;
+        for chunk in tokens.chunks(MAX_BATCH) {
+            self.forward(chunk, None)?;
         }
         Ok(&self.sc.logits)
     }
 
+    /// Like [`Session::prefill`], appending the logits after every token to `out`
+    /// (`[tokens.len()][n_vocab]`).
+    pub fn prefill_all(&mut self, tokens: &[u32], out: &mut Vec<f32>) -> Result<()> {
+        self.check(tokens)?;
+        for chunk in tokens.chunks(MAX_BATCH) {
+            self.forward(chunk, Some(out))?;
+        }
+        Ok(())
+    }
+
     /// Feeds one token; returns the logits that predict the next.
     pub fn decode(&mut self, token: u32) -> Result<&[f32]> {
-        self.step(token)?;
+        self.check(&[token])?;
+        self.forward(&[token], None)?;
         Ok(&self.sc.logits)
     }
 
@@ -168,15 +185,44 @@ impl Session {
         &self.sc.logits
     }
 
-    fn step(&mut self, token: u32) -> Result<()> {
+    /// Entries held by each DMA layer's cache, per KV head (for inspection and tests).
+    pub fn dma_cache_lens(&self) -> Vec<Vec<usize>> {
+        self.states
+            .iter()
+            .filter_map(|s| match s {
+                State::Dma(d) => Some(d.len.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Refuses tokens that would fail part-way, so a failed call leaves the session as it was.
+    fn check(&self, tokens: &[u32]) -> Result<()> {
+        let c = &self.model.config;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            bail!("token id {t} is outside the vocabulary (0..{})", c.n_vocab);
+        }
+        for s in &self.states {
+            if let State::Kv(kv) = s {
+                if kv.len + tokens.len() > kv.capacity {
+                    bail!(
+                        "the context is full: {} tokens held, {} more do not fit in {}",
+                        kv.len,
+                        tokens.len(),
+                        kv.capacity
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs up to [`MAX_BATCH`] tokens through the stack, layer by layer. Fills the logits of
+    /// the last token, or of every token into `all`.
+    fn forward(&mut self, tokens: &[u32], mut all: Option<&mut Vec<f32>>) -> Result<()> {
         let model = &*self.model;
         let c = &model.config;
-        if token as usize >= c.n_vocab {
-            bail!(
-                "token id {token} is outside the vocabulary (0..{})",
-                c.n_vocab
-            );
-        }
+        let (n, h) = (tokens.len(), c.d_model);
         let map = model.map();
         let pos = self.pos;
         let Scratch {
@@ -196,56 +242,112 @@ impl Session {
             pool: &self.pool,
             act,
         };
-        row_f32(&model.embed.get(map), token as usize, x);
-        if let Some(t) = &mut self.trace {
-            t[..c.d_model].copy_from_slice(x);
+        let embed = model.embed.get(map);
+        for (t, &tok) in tokens.iter().enumerate() {
+            row_f32(&embed, tok as usize, &mut x[t * h..(t + 1) * h]);
+        }
+        let last = (n - 1) * h..n * h;
+        if let Some(tr) = &mut self.trace {
+            tr[..h].copy_from_slice(&x[last.clone()]);
         }
         for (l, (layer, state)) in model.layers.iter().zip(self.states.iter_mut()).enumerate() {
-            rmsnorm(x, &layer.attn_norm, c.norm_eps, xb);
+            for t in 0..n {
+                rmsnorm(
+                    &x[t * h..(t + 1) * h],
+                    &layer.attn_norm,
+                    c.norm_eps,
+                    &mut xb[t * h..(t + 1) * h],
+                );
+            }
+            let rope = model.rope.as_ref();
             match (&layer.mixer, state) {
                 (Mixer::Attention(a), State::Kv(kv)) => {
-                    let rope = model
-                        .rope
-                        .as_ref()
-                        .ok_or_else(|| anyhow::anyhow!("attention without RoPE"))?;
-                    a.step(&mut cx, c, rope, xb, pos, kv, attn, xb2)?;
+                    let rope = rope.ok_or_else(|| anyhow::anyhow!("attention without RoPE"))?;
+                    for t in 0..n {
+                        let r = t * h..(t + 1) * h;
+                        a.step(
+                            &mut cx,
+                            c,
+                            rope,
+                            &xb[r.clone()],
+                            pos + t,
+                            kv,
+                            attn,
+                            &mut xb2[r],
+                        )?;
+                    }
                 }
                 (Mixer::Dma(d), State::Dma(cache)) => {
-                    let rope = model
-                        .rope
-                        .as_ref()
-                        .ok_or_else(|| anyhow::anyhow!("DMA without RoPE"))?;
-                    d.step(&mut cx, c, rope, xb, pos, cache, attn, xb2);
+                    let rope = rope.ok_or_else(|| anyhow::anyhow!("DMA without RoPE"))?;
+                    for t in 0..n {
+                        let r = t * h..(t + 1) * h;
+                        d.step(
+                            &mut cx,
+                            c,
+                            rope,
+                            &xb[r.clone()],
+                            pos + t,
+                            cache,
+                            attn,
+                            &mut xb2[r],
+                        );
+                    }
                 }
                 (Mixer::Ssd(s), State::Ssd(st)) => {
                     let scratch = ssd
                         .as_mut()
                         .ok_or_else(|| anyhow::anyhow!("SSD scratch missing"))?;
-                    s.step(&mut cx, xb, pos, st, scratch, xb2);
+                    if n == 1 {
+                        s.step(&mut cx, &xb[..h], pos, st, scratch, &mut xb2[..h]);
+                    } else {
+                        s.prefill(&mut cx, &xb[..n * h], pos, st, scratch, &mut xb2[..n * h]);
+                    }
                 }
                 _ => bail!("layer {l}: state does not match its mixer"),
             }
-            residual(x, &layer.attn_residual, xb2);
-            if let Some((norm, res, ffn)) = &layer.ffn {
-                rmsnorm(x, norm, c.norm_eps, xb);
-                match ffn {
-                    Ffn::Mlp(m) => m.forward(&mut cx, xb, h1, h2, xb2),
-                    Ffn::CdMoe(m) => {
-                        let s = moe
-                            .as_mut()
-                            .ok_or_else(|| anyhow::anyhow!("MoE scratch missing"))?;
-                        m.forward(&mut cx, xb, h1, h2, s, xb2);
-                    }
-                }
-                residual(x, res, xb2);
+            for t in 0..n {
+                residual(
+                    &mut x[t * h..(t + 1) * h],
+                    &layer.attn_residual,
+                    &xb2[t * h..(t + 1) * h],
+                );
             }
-            if let Some(t) = &mut self.trace {
-                t[(l + 1) * c.d_model..(l + 2) * c.d_model].copy_from_slice(x);
+            if let Some((norm, res, ffn)) = &layer.ffn {
+                for t in 0..n {
+                    let r = t * h..(t + 1) * h;
+                    rmsnorm(&x[r.clone()], norm, c.norm_eps, &mut xb[r.clone()]);
+                    match ffn {
+                        Ffn::Mlp(m) => {
+                            m.forward(&mut cx, &xb[r.clone()], h1, h2, &mut xb2[r.clone()])
+                        }
+                        Ffn::CdMoe(m) => {
+                            let s = moe
+                                .as_mut()
+                                .ok_or_else(|| anyhow::anyhow!("MoE scratch missing"))?;
+                            m.forward(&mut cx, &xb[r.clone()], h1, h2, s, &mut xb2[r.clone()]);
+                        }
+                    }
+                    residual(&mut x[r.clone()], res, &xb2[r]);
+                }
+            }
+            if let Some(tr) = &mut self.trace {
+                tr[(l + 1) * h..(l + 2) * h].copy_from_slice(&x[last.clone()]);
             }
         }
-        rmsnorm(x, &model.output_norm, c.norm_eps, xb);
-        cx.matvec(&model.output, xb, logits);
-        self.pos += 1;
+        let first = if all.is_some() { 0 } else { n - 1 };
+        for t in first..n {
+            rmsnorm(
+                &x[t * h..(t + 1) * h],
+                &model.output_norm,
+                c.norm_eps,
+                &mut xb[..h],
+            );
+            cx.matvec(&model.output, &xb[..h], logits);
+            if let Some(all) = all.as_mut() {
+                all.extend_from_slice(logits);
+            }
+        }
+        self.pos += n;
         Ok(())
     }
 }

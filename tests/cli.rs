@@ -217,3 +217,114 @@ fn quantize_rejects_bad_input_cleanly() {
     ]);
     assert_clean_error(&bad_override, "bad regex", "regex");
 }
+
+/// Converts a fixture to F32 in `dir`.
+fn convert_f32(name: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{name}.gguf"));
+    let run = cheems(&[
+        "quantize",
+        fixture(name).to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "f32",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    out
+}
+
+/// `cheems run --temp 0` prints what transformers' `generate` produced (token by token, 32 steps).
+#[test]
+fn run_greedy_matches_transformers_generate() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["llama", "doge", "cheems"] {
+        let f = convert_f32(name, dir.path());
+        let z = std::fs::File::open(fixture(name).join("reference.npz")).unwrap();
+        let mut z = zip::ZipArchive::new(z).unwrap();
+        let mut read = |k: &str| {
+            let mut b = Vec::new();
+            z.by_name(&format!("{k}.npy"))
+                .unwrap()
+                .read_to_end(&mut b)
+                .unwrap();
+            cheems::npy::parse(&b)
+                .unwrap()
+                .data
+                .iter()
+                .map(|&x| x as u32)
+                .collect::<Vec<u32>>()
+        };
+        let (prompt, greedy) = (read("greedy_prompt"), read("greedy"));
+        let model = cheems_formats::gguf::GgufFile::open(&f).unwrap();
+        let tok = cheems::tokenizer::Tokenizer::from_metadata(model.metadata()).unwrap();
+        let prompt_text = tok.decode(&prompt[usize::from(tok.adds_bos())..]).unwrap();
+        assert_eq!(
+            tok.encode(&prompt_text, true).unwrap(),
+            prompt,
+            "{name}: the prompt must survive a text round trip"
+        );
+        let out = cheems(&[
+            "run",
+            f.to_str().unwrap(),
+            "-p",
+            &prompt_text,
+            "-n",
+            "32",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "-t",
+            "1",
+        ]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let want = tok.decode(&greedy).unwrap();
+        assert_eq!(text(&out.stdout).trim_end_matches('\n'), want, "{name}");
+        assert!(text(&out.stderr).contains("tok/s"), "timings go to stderr");
+    }
+}
+
+#[test]
+fn run_and_logits_refuse_bad_input_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = convert_f32("llama", dir.path());
+    let f = f.to_str().unwrap();
+    let npy = dir.path().join("l.npy");
+    let npy = npy.to_str().unwrap();
+    let long = "the cat sat on the mat ".repeat(20);
+    assert_clean_error(
+        &cheems(&["run", f, "-p", &long, "--ctx", "16"]),
+        "prompt longer than the context",
+        "context",
+    );
+    assert_clean_error(&cheems(&["run", f, "-p", ""]), "empty prompt", "empty");
+    assert_clean_error(
+        &cheems(&["logits", f, "--tokens", "1,2,999999", "--out", npy]),
+        "unknown token",
+        "outside the vocabulary",
+    );
+    assert_clean_error(
+        &cheems(&["run", f, "-p", "hi", "--top-p", "3"]),
+        "bad flag value",
+        "top-p",
+    );
+    // A well-formed file of an architecture cheems does not run.
+    let other = dir.path().join("gpt2.gguf");
+    let mut md = cheems_formats::gguf::Metadata::new();
+    md.set("general.architecture", "gpt2");
+    cheems_formats::gguf::GgufWriter::create(&other, &md, Vec::new())
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_clean_error(
+        &cheems(&["run", other.to_str().unwrap(), "-p", "hi"]),
+        "gpt2 file",
+        "unsupported architecture",
+    );
+    // logits writes [n_tokens, vocab] float32.
+    let ok = cheems(&["logits", f, "--tokens", "1,2,3", "--out", npy]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let a = cheems::npy::parse(&std::fs::read(npy).unwrap()).unwrap();
+    assert_eq!(a.shape[0], 3);
+}

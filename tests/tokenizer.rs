@@ -105,7 +105,8 @@ fn ggml_only(md: &Metadata) -> Metadata {
 /// The fixture's tokenizer.json with the pre-tokenizer of `pre` (as the Python script builds it).
 fn hf_variant(md: &Metadata, pre: &str) -> String {
     let mut j: Json = serde_json::from_str(md.get_str(HF_JSON_KEY).unwrap()).unwrap();
-    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     match pre {
         "gpt-2" => j["pre_tokenizer"] = byte_level,
         "smollm" => {
@@ -286,7 +287,10 @@ fn smollm2_gguf_made_by_llama_cpp() {
         return;
     }
     let Some(reference) = reference("smollm2") else {
-        panic!("{SMOLLM2_GGUF} exists but cases.json has no smollm2 ids: run tests/fixtures/make_tokenizer_fixtures.py");
+        panic!(
+            "{SMOLLM2_GGUF} exists but cases.json has no smollm2 ids: \
+             run tests/fixtures/make_tokenizer_fixtures.py"
+        );
     };
     let file = GgufFile::open(path).unwrap();
     let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
@@ -478,37 +482,4 @@ fn errors_name_what_is_wrong() {
     md.set("tokenizer.ggml.model", "llama");
     let err = Tokenizer::from_metadata(&md).unwrap_err().to_string();
     assert!(err.contains("\"llama\""), "{err}");
-}
-
-#[test]
-fn zz_timing() {
-    let file = GgufFile::open(Path::new(SMOLLM2_GGUF)).unwrap();
-    let t = std::time::Instant::now();
-    let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
-    println!("load {:?}", t.elapsed());
-    let text = texts().join(" ").repeat(200);
-    let t = std::time::Instant::now();
-    let ids = tok.encode(&text, false).unwrap();
-    println!("encode {} bytes -> {} ids in {:?}", text.len(), ids.len(), t.elapsed());
-    let ws = " ".repeat(100000) + "x";
-    let t = std::time::Instant::now();
-    let ids = tok.encode(&ws, false).unwrap();
-    println!("encode 100k spaces -> {} ids in {:?}", ids.len(), t.elapsed());
-    let aa = "a".repeat(100000);
-    let t = std::time::Instant::now();
-    let ids = tok.encode(&aa, false).unwrap();
-    println!("encode 100k a -> {} ids in {:?}", ids.len(), t.elapsed());
-    let md = converted("doge");
-    let mut md2 = md.clone();
-    let j: Json = serde_json::from_str(md.get_str(HF_JSON_KEY).unwrap()).unwrap();
-    let _ = j;
-    md2.set("x", 1u32);
-    let hf = Tokenizer::from_metadata(md).unwrap();
-    let t = std::time::Instant::now();
-    let ids = hf.encode(&text, false).unwrap();
-    println!("hf encode {} bytes -> {} ids in {:?}", text.len(), ids.len(), t.elapsed());
-    let g = Tokenizer::from_metadata(&ggml_only(md)).unwrap();
-    let t = std::time::Instant::now();
-    let ids = g.encode(&text, false).unwrap();
-    println!("ggml (doge) encode {} bytes -> {} ids in {:?}", text.len(), ids.len(), t.elapsed());
 }

@@ -5,7 +5,8 @@
 
 use cheems_formats::blocks::{self, vec_dot_type};
 use cheems_formats::GgmlType;
-use rayon::prelude::*;
+
+use crate::pool::Pool;
 
 use crate::reference as r;
 
@@ -97,32 +98,23 @@ pub fn row_dot(ty: GgmlType, row: &[u8], act: &Activation, x: &[f32]) -> f32 {
 }
 
 /// `y = W x`. `act` must hold `x` converted for `w.ty` ([`Activation::quantize_for`]).
-pub fn matvec(
-    w: &MatRef<'_>,
-    act: &Activation,
-    x: &[f32],
-    y: &mut [f32],
-    pool: &rayon::ThreadPool,
-) {
+pub fn matvec(w: &MatRef<'_>, act: &Activation, x: &[f32], y: &mut [f32], pool: &Pool) {
     debug_assert_eq!(y.len(), w.rows);
     debug_assert_eq!(x.len(), w.cols);
     let rb = w.row_bytes();
-    // Chunks of rows big enough to amortise scheduling, small enough to balance two cores.
-    let chunk = (w.rows / (4 * pool.current_num_threads().max(1))).clamp(8, 1024);
-    if w.rows <= 64 || pool.current_num_threads() == 1 {
-        for (i, yi) in y.iter_mut().enumerate() {
+    let rows = |first: usize, ys: &mut [f32]| {
+        for (k, yi) in ys.iter_mut().enumerate() {
+            let i = first + k;
             *yi = row_dot(w.ty, &w.data[i * rb..(i + 1) * rb], act, x);
         }
+    };
+    if w.rows <= 64 || pool.threads() == 1 {
+        rows(0, y);
         return;
     }
-    pool.install(|| {
-        y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
-            for (k, yi) in ys.iter_mut().enumerate() {
-                let i = c * chunk + k;
-                *yi = row_dot(w.ty, &w.data[i * rb..(i + 1) * rb], act, x);
-            }
-        });
-    });
+    // Chunks of rows big enough to amortise the hand-off, small enough to balance the threads.
+    let chunk = (w.rows / (4 * pool.threads())).clamp(16, 1024);
+    pool.for_chunks_mut(y, chunk, &|c, ys| rows(c * chunk, ys));
 }
 
 /// `y += alpha · row` for one weight row (dequantized on the fly; `scratch` holds one row).

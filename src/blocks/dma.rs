@@ -210,3 +210,49 @@ impl Dma {
         add_bias(out, &self.o_bias);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounded cache holds exactly the reference's selection: the `keep_window` highest
+    /// scores among every key seen so far (ties: the more recent key), after every insert.
+    #[test]
+    fn bounded_cache_equals_top_k_over_all_keys() {
+        let (kw, hd) = (5, 2);
+        let mut cache = DmaCache {
+            keep_window: kw,
+            head_dim: hd,
+            k: vec![0.0; kw * hd],
+            v: vec![0.0; kw * hd],
+            score: vec![0.0; kw],
+            pos: vec![0; kw],
+            len: vec![0],
+        };
+        let mut seen: Vec<(f32, usize)> = Vec::new();
+        let mut seed = 3u64;
+        for pos in 0..200 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // 8 distinct scores: ties are frequent.
+            let score = ((seed >> 61) as f32 + 1.0) / 8.0;
+            let key = [pos as f32, -(pos as f32)];
+            cache.insert(0, &key, &key, score, pos);
+            seen.push((score, pos));
+            let mut want = seen.clone();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+            want.truncate(kw);
+            let mut want: Vec<usize> = want.iter().map(|w| w.1).collect();
+            want.sort_unstable();
+            let n = cache.len[0];
+            let mut got: Vec<usize> = cache.pos[..n].to_vec();
+            got.sort_unstable();
+            assert_eq!(got, want, "after position {pos}");
+            // Keys and values moved with their entries.
+            for j in 0..n {
+                assert_eq!(cache.k[j * hd], cache.pos[j] as f32);
+            }
+        }
+    }
+}

@@ -58,20 +58,39 @@ impl SsdState {
     }
 }
 
-/// Per-token scratch of SSD layers.
+/// Scratch of SSD layers for up to `batch` tokens at a time (sized once).
 #[derive(Debug, Clone)]
 pub struct SsdScratch {
+    /// [batch][in_proj_rows]
     pub zxbcdt: Vec<f32>,
+    /// [batch][conv_dim], after conv and SiLU (B and C rotated)
     pub xbc: Vec<f32>,
+    /// [batch][d_inner]
     pub y: Vec<f32>,
+    /// [batch][n_heads]: Δ and Δ·A of each token
+    pub dt: Vec<f32>,
+    pub da: Vec<f32>,
+    /// [CHUNK][CHUNK]: (C_l · B_s)·decay·Δ_s of one head in a chunk
+    pub cb: Vec<f32>,
+    /// [CHUNK]: cumulative Δ·A within a chunk
+    pub acum: Vec<f32>,
 }
 
+/// Tokens per chunk of the chunked scan. The result does not depend on it (the chunked form is
+/// exact); it trades the quadratic intra-chunk work against the state passes.
+pub const CHUNK: usize = 32;
+
 impl SsdScratch {
-    pub fn new(c: &SsdConfig) -> Self {
+    pub fn new(c: &SsdConfig, batch: usize) -> Self {
+        let b = batch.max(1);
         SsdScratch {
-            zxbcdt: vec![0.0; c.in_proj_rows()],
-            xbc: vec![0.0; c.conv_dim()],
-            y: vec![0.0; c.d_inner],
+            zxbcdt: vec![0.0; b * c.in_proj_rows()],
+            xbc: vec![0.0; b * c.conv_dim()],
+            y: vec![0.0; b * c.d_inner],
+            dt: vec![0.0; b * c.n_heads],
+            da: vec![0.0; b * c.n_heads],
+            cb: vec![0.0; CHUNK * CHUNK],
+            acum: vec![0.0; CHUNK],
         }
     }
 }
@@ -128,13 +147,60 @@ impl Ssd {
         out: &mut [f32],
     ) {
         let c = &self.cfg;
-        let (di, cd, w, n, p) = (c.d_inner, c.conv_dim(), c.d_conv, c.d_state, c.head_dim);
-        cx.matvec(&self.in_proj, u, &mut s.zxbcdt);
-        add_bias(&mut s.zxbcdt, &self.in_bias);
-        let (z, rest) = s.zxbcdt.split_at(di);
+        let (di, cd, n, p) = (c.d_inner, c.conv_dim(), c.d_state, c.head_dim);
+        let zxbcdt = &mut s.zxbcdt[..c.in_proj_rows()];
+        cx.matvec(&self.in_proj, u, zxbcdt);
+        add_bias(zxbcdt, &self.in_bias);
+        let (z, rest) = zxbcdt.split_at(di);
         let (xbc_in, dt_raw) = rest.split_at(cd);
         // Causal depthwise conv over the last d_conv inputs, then SiLU; shift the conv state.
-        for ch in 0..cd {
+        self.conv_step(st, xbc_in, &mut s.xbc[..cd]);
+        let (x, bc) = s.xbc[..cd].split_at_mut(di);
+        let (b, cc) = bc.split_at_mut(c.n_groups * n);
+        if !self.rope_inv_freq.is_empty() {
+            self.rope(b, pos);
+            self.rope(cc, pos);
+        }
+        let y_row = &mut s.y[..di];
+        let heads_per_group = c.n_heads / c.n_groups;
+        for h in 0..c.n_heads {
+            let g = h / heads_per_group;
+            let dt = crate::blocks::dma::softplus(dt_raw[h] + self.dt_bias[h]);
+            let da = (dt * self.a[h]).exp();
+            let (bg, cg) = (&b[g * n..(g + 1) * n], &cc[g * n..(g + 1) * n]);
+            for i in 0..p {
+                let xi = x[h * p + i];
+                let row = &mut st.ssm[(h * p + i) * n..(h * p + i + 1) * n];
+                let dtx = dt * xi;
+                let mut acc = 0.0;
+                for k in 0..n {
+                    row[k] = row[k] * da + dtx * bg[k];
+                    acc += row[k] * cg[k];
+                }
+                y_row[h * p + i] = acc + self.d[h] * xi;
+            }
+        }
+        self.gate_norm_out(cx, y_row, z, out);
+    }
+
+    /// `out = W_out(RMSNorm_groups(y ⊙ silu(z)))`.
+    fn gate_norm_out(&self, cx: &mut Ctx<'_>, y: &mut [f32], z: &[f32], out: &mut [f32]) {
+        let c = &self.cfg;
+        for (y, &zv) in y.iter_mut().zip(z) {
+            *y *= silu(zv);
+        }
+        let gs = c.d_inner / c.n_groups;
+        for (yg, wg) in y.chunks_exact_mut(gs).zip(self.norm.chunks_exact(gs)) {
+            crate::blocks::norm::rmsnorm_inplace(yg, wg, c.norm_eps);
+        }
+        cx.matvec(&self.out_proj, y, out);
+        add_bias(out, &self.out_bias);
+    }
+
+    /// The causal conv and SiLU of one token's `xbc_in` into `out`, advancing the conv state.
+    fn conv_step(&self, st: &mut SsdState, xbc_in: &[f32], out: &mut [f32]) {
+        let w = self.cfg.d_conv;
+        for (ch, o) in out.iter_mut().enumerate() {
             let taps = &self.conv_w[ch * w..(ch + 1) * w];
             let hist = &mut st.conv[ch * (w - 1)..(ch + 1) * (w - 1)];
             let mut acc = self.conv_b.as_ref().map_or(0.0, |b| b[ch]);
@@ -146,41 +212,106 @@ impl Ssd {
                 hist.copy_within(1.., 0);
                 hist[w - 2] = xbc_in[ch];
             }
-            s.xbc[ch] = silu(acc);
+            *o = silu(acc);
         }
-        let (x, bc) = s.xbc.split_at_mut(di);
-        let (b, cc) = bc.split_at_mut(c.n_groups * n);
-        if !self.rope_inv_freq.is_empty() {
-            self.rope(b, pos);
-            self.rope(cc, pos);
-        }
-        let heads_per_group = c.n_heads / c.n_groups;
-        for h in 0..c.n_heads {
-            let g = h / heads_per_group;
-            let dt = crate::blocks::dma::softplus(dt_raw[h] + self.dt_bias[h]);
-            let da = (dt * self.a[h]).exp();
-            let (bg, cg) = (&b[g * n..(g + 1) * n], &cc[g * n..(g + 1) * n]);
-            for i in 0..p {
-                let xi = x[h * p + i];
-                let row = &mut st.ssm[(h * p + i) * n..(h * p + i + 1) * n];
-                let dtx = dt * xi;
-                let mut y = 0.0;
-                for k in 0..n {
-                    row[k] = row[k] * da + dtx * bg[k];
-                    y += row[k] * cg[k];
-                }
-                s.y[h * p + i] = y + self.d[h] * xi;
+    }
+
+    /// Several tokens at positions `pos..pos + n` (rows of `u`, `out`): the chunked form of the
+    /// scan (`architectures.md` eqs. 34-38), equal to stepping token by token.
+    pub fn prefill(
+        &self,
+        cx: &mut Ctx<'_>,
+        u: &[f32],
+        pos: usize,
+        st: &mut SsdState,
+        s: &mut SsdScratch,
+        out: &mut [f32],
+    ) {
+        let c = &self.cfg;
+        let (di, cd, n, p, nh) = (c.d_inner, c.conv_dim(), c.d_state, c.head_dim, c.n_heads);
+        let rows = c.in_proj_rows();
+        let dm = self.in_proj.cols;
+        let t_len = u.len() / dm;
+        // Projections, conv, RoPE on B and C, Δ, per token.
+        for t in 0..t_len {
+            let zx = &mut s.zxbcdt[t * rows..(t + 1) * rows];
+            cx.matvec(&self.in_proj, &u[t * dm..(t + 1) * dm], zx);
+            add_bias(zx, &self.in_bias);
+            let xbc = &mut s.xbc[t * cd..(t + 1) * cd];
+            self.conv_step(st, &zx[di..di + cd], xbc);
+            if !self.rope_inv_freq.is_empty() {
+                let (b, cc) = xbc[di..].split_at_mut(c.n_groups * n);
+                self.rope(b, pos + t);
+                self.rope(cc, pos + t);
+            }
+            for h in 0..nh {
+                let dt = crate::blocks::dma::softplus(zx[di + cd + h] + self.dt_bias[h]);
+                s.dt[t * nh + h] = dt;
+                s.da[t * nh + h] = dt * self.a[h];
             }
         }
-        // Gate, then RMSNorm per group of d_inner / n_groups channels.
-        for (y, &zv) in s.y.iter_mut().zip(z) {
-            *y *= silu(zv);
+        let heads_per_group = nh / c.n_groups;
+        let mut c0 = 0;
+        while c0 < t_len {
+            let q = CHUNK.min(t_len - c0);
+            for h in 0..nh {
+                let g = h / heads_per_group;
+                let boff = di + g * n;
+                let coff = di + c.n_groups * n + g * n;
+                // C_l · B_s for s <= l (recomputed per head; shared by the heads of a group).
+                let mut acc = 0.0;
+                for l in 0..q {
+                    acc += s.da[(c0 + l) * nh + h];
+                    s.acum[l] = acc;
+                }
+                for l in 0..q {
+                    let cl = &s.xbc[(c0 + l) * cd + coff..(c0 + l) * cd + coff + n];
+                    for j in 0..=l {
+                        let bs = &s.xbc[(c0 + j) * cd + boff..(c0 + j) * cd + boff + n];
+                        let dot: f32 = cl.iter().zip(bs).map(|(a, b)| a * b).sum();
+                        s.cb[l * CHUNK + j] =
+                            dot * (s.acum[l] - s.acum[j]).exp() * s.dt[(c0 + j) * nh + h];
+                    }
+                }
+                let state = &mut st.ssm[h * p * n..(h + 1) * p * n];
+                for i in 0..p {
+                    let srow = &mut state[i * n..(i + 1) * n];
+                    for l in 0..q {
+                        let tl = c0 + l;
+                        let cl = &s.xbc[tl * cd + coff..tl * cd + coff + n];
+                        // Off-diagonal: the state entering the chunk, decayed to l.
+                        let mut y =
+                            s.acum[l].exp() * srow.iter().zip(cl).map(|(a, b)| a * b).sum::<f32>();
+                        // Diagonal: tokens of this chunk up to l.
+                        for j in 0..=l {
+                            y += s.cb[l * CHUNK + j] * s.xbc[(c0 + j) * cd + h * p + i];
+                        }
+                        let xi = s.xbc[tl * cd + h * p + i];
+                        s.y[tl * di + h * p + i] = y + self.d[h] * xi;
+                    }
+                    // The state leaving the chunk.
+                    let total = s.acum[q - 1];
+                    for v in srow.iter_mut() {
+                        *v *= total.exp();
+                    }
+                    for j in 0..q {
+                        let tj = c0 + j;
+                        let w = (total - s.acum[j]).exp()
+                            * s.dt[tj * nh + h]
+                            * s.xbc[tj * cd + h * p + i];
+                        let bs = &s.xbc[tj * cd + boff..tj * cd + boff + n];
+                        srow.iter_mut().zip(bs).for_each(|(v, b)| *v += w * b);
+                    }
+                }
+            }
+            c0 += q;
         }
-        let gs = di / c.n_groups;
-        for (yg, wg) in s.y.chunks_exact_mut(gs).zip(self.norm.chunks_exact(gs)) {
-            crate::blocks::norm::rmsnorm_inplace(yg, wg, c.norm_eps);
+        for t in 0..t_len {
+            let (zrows, y) = (
+                &s.zxbcdt[t * rows..t * rows + di],
+                &mut s.y[t * di..(t + 1) * di],
+            );
+            self.gate_norm_out(cx, y, zrows, &mut out[t * dm..(t + 1) * dm]);
         }
-        cx.matvec(&self.out_proj, &s.y, out);
-        add_bias(out, &self.out_bias);
     }
 }

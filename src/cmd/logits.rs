@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use cheems::{Model, Session, SessionOptions};
 
 #[derive(Debug, clap::Args)]
@@ -57,12 +57,10 @@ pub fn run(a: Args) -> Result<()> {
     let v = model.config.n_vocab;
     let mut out = Vec::with_capacity(tokens.len() * v);
     if a.prefill > 0 {
-        for &t in &tokens[..a.prefill] {
-            out.extend_from_slice(s.decode(t)?);
-        }
+        s.prefill_all(&tokens[..a.prefill], &mut out)?;
     }
     for &t in &tokens[a.prefill..] {
-        out.extend_from_slice(s.decode(t).with_context(|| format!("token {t}"))?);
+        out.extend_from_slice(s.decode(t)?);
     }
     cheems::npy::write_f32(&a.out, &[tokens.len(), v], &out)?;
     eprintln!(

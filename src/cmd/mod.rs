@@ -2,4 +2,6 @@
 
 pub mod info;
 pub mod logits;
+pub mod perplexity;
 pub mod quantize;
+pub mod run;

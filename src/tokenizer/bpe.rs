@@ -82,7 +82,10 @@ impl Bpe {
             // The parts are split at the first space after the first byte, as llama.cpp does.
             let space = merge.bytes().skip(1).position(|b| b == b' ');
             let Some(at) = space.map(|i| i + 1) else {
-                return Err(anyhow!("tokenizer.ggml.merges[{rank}] = {merge:?} is not two tokens separated by a space"));
+                return Err(anyhow!(
+                    "tokenizer.ggml.merges[{rank}] = {merge:?} is not two tokens separated by a \
+                     space"
+                ));
             };
             let (left, right) = (&merge[..at], &merge[at + 1..]);
             let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) else {

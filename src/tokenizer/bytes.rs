@@ -1,7 +1,8 @@
 //! GPT-2's byte-level alphabet: every byte stands for one printable Unicode character, so a
 //! byte-level BPE vocabulary is a set of strings over 256 characters. Printable Latin-1 bytes
-//! (`!`..=`~`, `¡`..=`¬`, `®`..=`ÿ`) stand for themselves; the other 68 bytes (controls, space,
-//! DEL, NBSP, soft hyphen) get U+0100.. in byte order, so a space is `Ġ` (U+0120) and `\n` is `Ċ`.
+//! (`!`..=`~`, `¡`..=`¬`, `®`..=`ÿ`) stand for themselves; the other 68 bytes (controls,
+//! space, DEL, NBSP, soft hyphen) get U+0100.. in byte order, so a space is `Ġ` (U+0120) and
+//! `\n` is `Ċ`.
 //!
 //! Only the mapping lives here; the BPE that uses it is in `bpe.rs`.
 
@@ -35,7 +36,7 @@ const BYTE_CHARS: [char; 256] = {
 /// Code points of the alphabet end below this.
 const N_CODES: usize = 0x144;
 
-/// The byte of each code point below [`N_CODES`], or `u16::MAX` for code points outside the alphabet.
+/// The byte of each code point below [`N_CODES`], or `u16::MAX` for one outside the alphabet.
 const CHAR_BYTES: [u16; N_CODES] = {
     let mut table = [u16::MAX; N_CODES];
     let mut b = 0usize;

@@ -111,9 +111,13 @@ pub(crate) fn load(json: &str) -> Result<Loaded> {
     let tokenizer = tokenizers::Tokenizer::from_str(json).map_err(|e| {
         anyhow!("tokenizer.huggingface.json cannot be loaded by the tokenizers crate: {e}")
     })?;
-    let doc: Json =
-        serde_json::from_str(json).context("tokenizer.huggingface.json is not valid JSON")?;
-    let rule = PieceRule::of(doc.get("decoder"));
+    // The decoder's own JSON (small) rather than the whole document again.
+    let decoder = tokenizer
+        .get_decoder()
+        .map(serde_json::to_value)
+        .transpose()
+        .context("serializing the tokenizer's decoder")?;
+    let rule = PieceRule::of(decoder.as_ref());
 
     let vocab = tokenizer.get_vocab(false);
     let added = tokenizer.get_added_tokens_decoder();
@@ -164,7 +168,9 @@ mod tests {
     fn sentencepiece_style_pieces() {
         let decoder = serde_json::json!({"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
         let rule = PieceRule::of(Some(&decoder));
         let mut out = Vec::new();
         rule.bytes("▁Hello", &mut out);

@@ -139,10 +139,12 @@ impl Tokenizer {
         match md.opt_str("tokenizer.ggml.model")? {
             Some("gpt2") => Self::from_ggml(md),
             Some(other) => bail!(
-                "tokenizer.ggml.model = {other:?} is not supported without {HF_JSON_KEY}: cheems builds \
-                 only byte-level BPE (\"gpt2\") from tokenizer.ggml.*"
+                "tokenizer.ggml.model = {other:?} is not supported without {HF_JSON_KEY}: \
+                 cheems builds only byte-level BPE (\"gpt2\") from tokenizer.ggml.*"
             ),
-            None => bail!("the model file has no tokenizer: neither {HF_JSON_KEY} nor tokenizer.ggml.model"),
+            None => bail!(
+                "the model file has no tokenizer: neither {HF_JSON_KEY} nor tokenizer.ggml.model"
+            ),
         }
     }
 
@@ -175,12 +177,16 @@ impl Tokenizer {
     pub fn from_ggml(md: &Metadata) -> Result<Self> {
         let model = md.get_str("tokenizer.ggml.model")?;
         if model != "gpt2" {
-            bail!("tokenizer.ggml.model = {model:?}: cheems builds only byte-level BPE (\"gpt2\") from tokenizer.ggml.*");
+            bail!(
+                "tokenizer.ggml.model = {model:?}: cheems builds only byte-level BPE (\"gpt2\") \
+                 from tokenizer.ggml.*"
+            );
         }
         let pre_name = md.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
         let pre = Pre::from_name(pre_name).ok_or_else(|| {
             anyhow!(
-                "tokenizer.ggml.pre = {pre_name:?} is not supported (cheems knows gpt-2, llama-bpe, smollm, default)"
+                "tokenizer.ggml.pre = {pre_name:?} is not supported \
+                 (cheems knows gpt-2, llama-bpe, smollm, default)"
             )
         })?;
         let tokens = md.get_str_array("tokenizer.ggml.tokens")?;

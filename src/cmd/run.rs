@@ -1,0 +1,155 @@
+//! `cheems run <FILE> -p <PROMPT> [-n N] [sampling flags] [-t THREADS]`: generate text, streamed
+//! to stdout as it is produced; timings to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use cheems::sampler::{Sampler, SamplerParams};
+use cheems::tokenizer::{StreamDecoder, Tokenizer};
+use cheems::{Arch, Model, Session, SessionOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model file.
+    pub file: PathBuf,
+    /// The prompt (BOS is added as the model's tokenizer asks; no chat template).
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_predict: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Positions of a plain-attention KV cache (llama); default: the model's context, at most 4096.
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Threads (default: available cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+}
+
+/// Sampling flags shared by `run` and `chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed (default: from the clock; printed to stderr).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<SamplerParams> {
+        let bad = |v: f32, lo: f32, hi: f32| v.is_nan() || v < lo || v > hi;
+        if bad(self.temperature, 0.0, f32::INFINITY)
+            || bad(self.top_p, 0.0, 1.0)
+            || bad(self.min_p, 0.0, 1.0)
+        {
+            bail!(
+                "sampling flags out of range: --temp must be >= 0, --top-p and --min-p in [0, 1]"
+            );
+        }
+        if self.repeat_penalty.is_nan() || self.repeat_penalty <= 0.0 {
+            bail!("--repeat-penalty must be positive");
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(SamplerParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed,
+            ..SamplerParams::default()
+        })
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let params = a.sampling.params()?;
+    if a.prompt.is_empty() {
+        bail!("the prompt is empty (pass some text with -p)");
+    }
+    let model = Arc::new(Model::load(&a.file)?);
+    let tok = Tokenizer::from_metadata(model.file.metadata())?;
+    let prompt = tok.encode(&a.prompt, true)?;
+    if prompt.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let c = &model.config;
+    let ctx = a.ctx.unwrap_or(c.context_length.min(4096));
+    if c.arch == Arch::Llama && prompt.len() > ctx {
+        bail!(
+            "the prompt has {} tokens, more than the context of {ctx} (raise --ctx)",
+            prompt.len()
+        );
+    }
+    let mut session = Session::new(
+        model.clone(),
+        &SessionOptions {
+            ctx: Some(ctx),
+            threads: a.threads,
+        },
+    )?;
+    let mut sampler = Sampler::new(params.clone(), c.n_vocab);
+    prompt.iter().for_each(|&t| sampler.accept(t));
+    eprintln!("seed {}, {} prompt tokens", params.seed, prompt.len());
+
+    let t0 = Instant::now();
+    let mut logits = session.prefill(&prompt)?.to_vec();
+    let prompt_s = t0.elapsed().as_secs_f64();
+    let mut out = std::io::stdout().lock();
+    let mut stream = StreamDecoder::new();
+    let t1 = Instant::now();
+    let mut generated = 0;
+    for _ in 0..a.n_predict {
+        let next = sampler.sample(&logits);
+        if !a.ignore_eos && tok.is_stop(next) {
+            break;
+        }
+        if let Some(text) = stream.push(&tok, next) {
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+        generated += 1;
+        sampler.accept(next);
+        if c.arch == Arch::Llama && session.pos() >= ctx {
+            eprintln!("\n[the context of {ctx} tokens is full]");
+            break;
+        }
+        logits.copy_from_slice(session.decode(next)?);
+    }
+    if let Some(text) = stream.flush() {
+        out.write_all(text.as_bytes())?;
+    }
+    writeln!(out)?;
+    let gen_s = t1.elapsed().as_secs_f64();
+    eprintln!(
+        "prompt: {} tokens in {:.1} ms ({:.1} tok/s); generation: {generated} tokens in {:.1} ms ({:.1} tok/s)",
+        prompt.len(),
+        prompt_s * 1e3,
+        prompt.len() as f64 / prompt_s.max(1e-9),
+        gen_s * 1e3,
+        generated as f64 / gen_s.max(1e-9)
+    );
+    Ok(())
+}
