@@ -8,8 +8,9 @@ use crate::config::Config;
 use crate::weights::{Binder, Mat};
 use crate::Ctx;
 
+/// The Q, K, V and output projections (with optional biases) shared by attention and DMA.
 #[derive(Debug)]
-pub struct Attention {
+pub struct Qkvo {
     /// [d_model] -> [n_heads·head_dim]
     pub q: Mat,
     /// [d_model] -> [n_kv_heads·head_dim]
@@ -22,6 +23,69 @@ pub struct Attention {
     pub k_bias: Option<Vec<f32>>,
     pub v_bias: Option<Vec<f32>>,
     pub o_bias: Option<Vec<f32>>,
+}
+
+impl Qkvo {
+    pub fn bind(b: &Binder<'_>, layer: usize, c: &Config) -> Result<Self> {
+        let n = |s: &str| format!("blk.{layer}.{s}");
+        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        Ok(Qkvo {
+            q: b.mat(&n("attn_q.weight"), c.d_model, qd)?,
+            k: b.mat(&n("attn_k.weight"), c.d_model, kvd)?,
+            v: b.mat(&n("attn_v.weight"), c.d_model, kvd)?,
+            o: b.mat(&n("attn_output.weight"), qd, c.d_model)?,
+            q_bias: b.opt_vector(&n("attn_q.bias"), qd)?,
+            k_bias: b.opt_vector(&n("attn_k.bias"), kvd)?,
+            v_bias: b.opt_vector(&n("attn_v.bias"), kvd)?,
+            o_bias: b.opt_vector(&n("attn_output.bias"), c.d_model)?,
+        })
+    }
+
+    /// `s.q, s.k, s.v` of input `x`.
+    pub fn project(&self, cx: &mut Ctx<'_>, x: &[f32], s: &mut AttnScratch) {
+        cx.matvec(&self.q, x, &mut s.q);
+        cx.matvec(&self.k, x, &mut s.k);
+        cx.matvec(&self.v, x, &mut s.v);
+        add_bias(&mut s.q, &self.q_bias);
+        add_bias(&mut s.k, &self.k_bias);
+        add_bias(&mut s.v, &self.v_bias);
+    }
+
+    /// `out = W_o · s.out`.
+    pub fn output(&self, cx: &mut Ctx<'_>, s: &AttnScratch, out: &mut [f32]) {
+        cx.matvec(&self.o, &s.out, out);
+        add_bias(out, &self.o_bias);
+    }
+}
+
+/// Softmax attention of one query head over `n` keys:
+/// `out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j`, with `att` as scratch for the weights.
+#[allow(clippy::too_many_arguments)]
+pub fn attend<'a>(
+    q: &[f32],
+    n: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    bias: impl Fn(usize) -> f32,
+    scale: f32,
+    att: &mut [f32],
+    out: &mut [f32],
+) {
+    let att = &mut att[..n];
+    for (j, a) in att.iter_mut().enumerate() {
+        *a = q.iter().zip(key(j)).map(|(a, b)| a * b).sum::<f32>() * scale + bias(j);
+    }
+    softmax(att);
+    out.fill(0.0);
+    for (j, &a) in att.iter().enumerate() {
+        out.iter_mut().zip(value(j)).for_each(|(o, v)| *o += a * v);
+    }
+}
+
+/// Plain causal grouped-query attention (llama).
+#[derive(Debug)]
+pub struct Attention {
+    pub proj: Qkvo,
 }
 
 /// Keys (after RoPE) and values of every position so far, `[capacity][n_kv_heads·head_dim]`.
@@ -88,17 +152,8 @@ pub fn softmax(x: &mut [f32]) {
 
 impl Attention {
     pub fn bind(b: &Binder<'_>, layer: usize, c: &Config) -> Result<Self> {
-        let n = |s: &str| format!("blk.{layer}.{s}");
-        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         Ok(Attention {
-            q: b.mat(&n("attn_q.weight"), c.d_model, qd)?,
-            k: b.mat(&n("attn_k.weight"), c.d_model, kvd)?,
-            v: b.mat(&n("attn_v.weight"), c.d_model, kvd)?,
-            o: b.mat(&n("attn_output.weight"), qd, c.d_model)?,
-            q_bias: b.opt_vector(&n("attn_q.bias"), qd)?,
-            k_bias: b.opt_vector(&n("attn_k.bias"), kvd)?,
-            v_bias: b.opt_vector(&n("attn_v.bias"), kvd)?,
-            o_bias: b.opt_vector(&n("attn_output.bias"), c.d_model)?,
+            proj: Qkvo::bind(b, layer, c)?,
         })
     }
 
@@ -118,12 +173,7 @@ impl Attention {
         if cache.len >= cache.capacity {
             bail!("the context is full ({} tokens)", cache.capacity);
         }
-        cx.matvec(&self.q, x, &mut s.q);
-        cx.matvec(&self.k, x, &mut s.k);
-        cx.matvec(&self.v, x, &mut s.v);
-        add_bias(&mut s.q, &self.q_bias);
-        add_bias(&mut s.k, &self.k_bias);
-        add_bias(&mut s.v, &self.v_bias);
+        self.proj.project(cx, x, s);
         rope.apply(&mut s.q, pos);
         rope.apply(&mut s.k, pos);
         let kvd = s.k.len();
@@ -134,25 +184,21 @@ impl Attention {
         let hd = c.head_dim;
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let n = cache.len;
+        let (ks, vs) = (&cache.k, &cache.v);
         for h in 0..c.n_heads {
-            let g = h / group;
-            let q = &s.q[h * hd..(h + 1) * hd];
-            let att = &mut s.att[..n];
-            for (j, a) in att.iter_mut().enumerate() {
-                let k = &cache.k[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                *a = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-            }
-            softmax(att);
-            let o = &mut s.out[h * hd..(h + 1) * hd];
-            o.fill(0.0);
-            for (j, &a) in att.iter().enumerate() {
-                let v = &cache.v[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                o.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
-            }
+            let off = (h / group) * hd;
+            attend(
+                &s.q[h * hd..(h + 1) * hd],
+                cache.len,
+                |j| &ks[j * kvd + off..j * kvd + off + hd],
+                |j| &vs[j * kvd + off..j * kvd + off + hd],
+                |_| 0.0,
+                scale,
+                &mut s.att,
+                &mut s.out[h * hd..(h + 1) * hd],
+            );
         }
-        cx.matvec(&self.o, &s.out, out);
-        add_bias(out, &self.o_bias);
+        self.proj.output(cx, s, out);
         Ok(())
     }
 }

@@ -13,7 +13,7 @@
 
 use anyhow::Result;
 
-use super::attention::{add_bias, softmax, AttnScratch};
+use super::attention::{add_bias, attend, AttnScratch, Qkvo};
 use super::norm::rmsnorm_inplace;
 use super::rope::RopeTable;
 use crate::config::Config;
@@ -22,14 +22,7 @@ use crate::Ctx;
 
 #[derive(Debug)]
 pub struct Dma {
-    /// [d_model] -> [n_heads·head_dim]
-    pub q: Mat,
-    /// [d_model] -> [n_kv_heads·head_dim]
-    pub k: Mat,
-    /// [d_model] -> [n_kv_heads·head_dim]
-    pub v: Mat,
-    /// [n_heads·head_dim] -> [d_model]
-    pub o: Mat,
+    pub proj: Qkvo,
     /// [head_dim], shared by all query heads
     pub q_norm: Vec<f32>,
     /// [head_dim], shared by all KV heads
@@ -39,10 +32,6 @@ pub struct Dma {
     pub dt_bias: Option<Vec<f32>>,
     /// [n_kv_heads]
     pub a: Vec<f32>,
-    pub q_bias: Option<Vec<f32>>,
-    pub k_bias: Option<Vec<f32>>,
-    pub v_bias: Option<Vec<f32>>,
-    pub o_bias: Option<Vec<f32>>,
 }
 
 /// The bounded cache of one DMA layer: per KV head at most `keep_window` entries of
@@ -120,25 +109,14 @@ pub fn softplus(x: f32) -> f32 {
 impl Dma {
     pub fn bind(b: &Binder<'_>, layer: usize, c: &Config) -> Result<Self> {
         let n = |s: &str| format!("blk.{layer}.{s}");
-        let (qd, kvd, hd) = (
-            c.n_heads * c.head_dim,
-            c.n_kv_heads * c.head_dim,
-            c.head_dim,
-        );
+        let (kvd, hd) = (c.n_kv_heads * c.head_dim, c.head_dim);
         Ok(Dma {
-            q: b.mat(&n("attn_q.weight"), c.d_model, qd)?,
-            k: b.mat(&n("attn_k.weight"), c.d_model, kvd)?,
-            v: b.mat(&n("attn_v.weight"), c.d_model, kvd)?,
-            o: b.mat(&n("attn_output.weight"), qd, c.d_model)?,
+            proj: Qkvo::bind(b, layer, c)?,
             q_norm: b.vector(&n("attn_q_norm.weight"), hd)?,
             k_norm: b.vector(&n("attn_k_norm.weight"), hd)?,
             dt: b.mat(&n("attn_dt.weight"), kvd, c.n_kv_heads)?,
             dt_bias: b.opt_vector(&n("attn_dt.bias"), c.n_kv_heads)?,
             a: b.vector(&n("attn_a"), c.n_kv_heads)?,
-            q_bias: b.opt_vector(&n("attn_q.bias"), qd)?,
-            k_bias: b.opt_vector(&n("attn_k.bias"), kvd)?,
-            v_bias: b.opt_vector(&n("attn_v.bias"), kvd)?,
-            o_bias: b.opt_vector(&n("attn_output.bias"), c.d_model)?,
         })
     }
 
@@ -155,12 +133,7 @@ impl Dma {
         s: &mut AttnScratch,
         out: &mut [f32],
     ) {
-        cx.matvec(&self.q, x, &mut s.q);
-        cx.matvec(&self.k, x, &mut s.k);
-        cx.matvec(&self.v, x, &mut s.v);
-        add_bias(&mut s.q, &self.q_bias);
-        add_bias(&mut s.k, &self.k_bias);
-        add_bias(&mut s.v, &self.v_bias);
+        self.proj.project(cx, x, s);
         let (hd, eps) = (c.head_dim, c.norm_eps);
         s.q.chunks_exact_mut(hd)
             .for_each(|h| rmsnorm_inplace(h, &self.q_norm, eps));
@@ -186,28 +159,21 @@ impl Dma {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let kw = cache.keep_window;
+        let (ks, vs, sc) = (&cache.k, &cache.v, &cache.score);
         for h in 0..c.n_heads {
-            let g = h / group;
-            let n = cache.len[g];
-            let q = &s.q[h * hd..(h + 1) * hd];
-            let att = &mut s.att[..n];
-            for (j, a) in att.iter_mut().enumerate() {
-                let e = g * kw + j;
-                let k = &cache.k[e * hd..(e + 1) * hd];
-                *a = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale + cache.score[e];
-            }
-            softmax(att);
-            let o = &mut s.out[h * hd..(h + 1) * hd];
-            o.fill(0.0);
-            for (j, &a) in att.iter().enumerate() {
-                let e = g * kw + j;
-                o.iter_mut()
-                    .zip(&cache.v[e * hd..(e + 1) * hd])
-                    .for_each(|(o, v)| *o += a * v);
-            }
+            let base = (h / group) * kw;
+            attend(
+                &s.q[h * hd..(h + 1) * hd],
+                cache.len[h / group],
+                |j| &ks[(base + j) * hd..(base + j + 1) * hd],
+                |j| &vs[(base + j) * hd..(base + j + 1) * hd],
+                |j| sc[base + j],
+                scale,
+                &mut s.att,
+                &mut s.out[h * hd..(h + 1) * hd],
+            );
         }
-        cx.matvec(&self.o, &s.out, out);
-        add_bias(out, &self.o_bias);
+        self.proj.output(cx, s, out);
     }
 }
 
