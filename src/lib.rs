@@ -21,6 +21,7 @@ pub mod model;
 pub mod npy;
 pub mod sampler;
 pub mod session;
+pub mod snapshot;
 pub mod tokenizer;
 pub mod weights;
 

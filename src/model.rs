@@ -53,6 +53,30 @@ pub struct Model {
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
     pub rope: Option<RopeTable>,
+    /// Identifies the file's content (see [`fingerprint`]); saved states carry it.
+    pub fingerprint: u64,
+}
+
+/// A 64-bit FNV-1a hash of the file's header (metadata and tensor table), its size, and 16
+/// evenly spaced 4 KiB samples of tensor data: cheap to compute, and different for different
+/// models (a state saved for one model is refused by another).
+pub fn fingerprint(file: &GgufFile) -> u64 {
+    let bytes = file.bytes();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(&(bytes.len() as u64).to_le_bytes());
+    eat(&bytes[..file.data_offset().min(bytes.len())]);
+    let data = &bytes[file.data_offset().min(bytes.len())..];
+    for i in 0..16 {
+        let at = data.len() / 16 * i;
+        eat(&data[at..(at + 4096).min(data.len())]);
+    }
+    h
 }
 
 impl Model {
@@ -116,6 +140,7 @@ impl Model {
             bail!("{} KV heads: at most 64 are supported", c.n_kv_heads);
         }
         let rope = c.rope.as_ref().map(RopeTable::new);
+        let fingerprint = fingerprint(&file);
         Ok(Model {
             file,
             config: c,
@@ -124,6 +149,7 @@ impl Model {
             output_norm,
             layers,
             rope,
+            fingerprint,
         })
     }
 

@@ -25,12 +25,7 @@ pub struct SessionOptions {
     pub threads: Option<usize>,
 }
 
-#[derive(Debug)]
-enum State {
-    Kv(KvCache),
-    Dma(DmaCache),
-    Ssd(SsdState),
-}
+use crate::snapshot::{LayerState as State, SessionState};
 
 /// Tokens a prefill processes together, layer by layer.
 pub const MAX_BATCH: usize = 64;
@@ -136,6 +131,133 @@ impl Session {
                 State::Ssd(s) => s.clear(),
             }
         }
+    }
+
+    /// Bytes the session holds: (state, scratch). Fixed when it is opened: SSD states and DMA
+    /// caches have constant size; a llama KV cache is allocated for `ctx` positions up front.
+    pub fn memory_bytes(&self) -> (usize, usize) {
+        let f = std::mem::size_of::<f32>();
+        let state: usize = self
+            .states
+            .iter()
+            .map(|s| match s {
+                State::Kv(kv) => (kv.k.len() + kv.v.len()) * f,
+                State::Dma(d) => (d.k.len() + d.v.len() + d.score.len()) * f + d.pos.len() * 8,
+                State::Ssd(st) => (st.conv.len() + st.ssm.len()) * f,
+            })
+            .sum();
+        let sc = &self.sc;
+        let mut scratch =
+            (sc.x.len() + sc.xb.len() + sc.xb2.len() + sc.h1.len() + sc.h2.len() + sc.logits.len())
+                * f;
+        scratch += (sc.attn.q.len()
+            + sc.attn.k.len()
+            + sc.attn.v.len()
+            + sc.attn.out.len()
+            + sc.attn.att.len())
+            * f;
+        if let Some(s) = &sc.ssd {
+            scratch += (s.zxbcdt.len()
+                + s.xbc.len()
+                + s.y.len()
+                + s.dt.len()
+                + s.da.len()
+                + s.cb.len()
+                + s.acum.len())
+                * f;
+        }
+        (state, scratch)
+    }
+
+    /// A copy of everything the session remembers (KV caches only as far as they are filled).
+    pub fn snapshot(&self) -> SessionState {
+        let layers = self
+            .states
+            .iter()
+            .map(|s| match s {
+                State::Kv(kv) => {
+                    let row = kv.k.len() / kv.capacity.max(1);
+                    let mut c = KvCache::new(kv.len.max(1), row);
+                    c.k[..kv.len * row].copy_from_slice(&kv.k[..kv.len * row]);
+                    c.v[..kv.len * row].copy_from_slice(&kv.v[..kv.len * row]);
+                    c.len = kv.len;
+                    State::Kv(c)
+                }
+                other => other.clone(),
+            })
+            .collect();
+        SessionState {
+            fingerprint: self.model.fingerprint,
+            pos: self.pos,
+            layers,
+        }
+    }
+
+    /// Goes back to a snapshot of this model's sessions. The snapshot is checked first; on an
+    /// error the session is unchanged.
+    pub fn restore(&mut self, snap: &SessionState) -> Result<()> {
+        if snap.fingerprint != self.model.fingerprint {
+            bail!("the state belongs to a different model");
+        }
+        if snap.layers.len() != self.states.len() {
+            bail!(
+                "the state has {} layers, the model {}",
+                snap.layers.len(),
+                self.states.len()
+            );
+        }
+        for (i, (from, to)) in snap.layers.iter().zip(&self.states).enumerate() {
+            let fits = match (from, to) {
+                (State::Kv(a), State::Kv(b)) => {
+                    a.len <= b.capacity
+                        && a.k.len() / a.capacity.max(1) == b.k.len() / b.capacity.max(1)
+                }
+                (State::Dma(a), State::Dma(b)) => {
+                    a.k.len() == b.k.len() && a.len.len() == b.len.len()
+                }
+                (State::Ssd(a), State::Ssd(b)) => {
+                    a.conv.len() == b.conv.len() && a.ssm.len() == b.ssm.len()
+                }
+                _ => false,
+            };
+            if !fits {
+                bail!("layer {i} of the state does not fit this session (kind or size; for llama, raise --ctx)");
+            }
+        }
+        for (from, to) in snap.layers.iter().zip(self.states.iter_mut()) {
+            match (from, to) {
+                (State::Kv(a), State::Kv(b)) => {
+                    let n = a.len * (a.k.len() / a.capacity.max(1));
+                    b.k[..n].copy_from_slice(&a.k[..n]);
+                    b.v[..n].copy_from_slice(&a.v[..n]);
+                    b.len = a.len;
+                }
+                (State::Dma(a), State::Dma(b)) => b.clone_from(a),
+                (State::Ssd(a), State::Ssd(b)) => b.clone_from(a),
+                _ => {}
+            }
+        }
+        self.pos = snap.pos;
+        Ok(())
+    }
+
+    /// Saves the state to a file (see [`crate::snapshot`] for the layout).
+    pub fn save_state(&self, path: &std::path::Path) -> Result<()> {
+        self.snapshot().save(path)
+    }
+
+    /// Restores a state saved by [`Session::save_state`] for this model.
+    pub fn load_state(&mut self, path: &std::path::Path) -> Result<()> {
+        let kv_capacity = self
+            .states
+            .iter()
+            .find_map(|s| match s {
+                State::Kv(kv) => Some(kv.capacity),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let snap = SessionState::load(path, &self.snapshot(), kv_capacity)?;
+        self.restore(&snap)
     }
 
     /// Records the residual stream after every layer of each following token.

@@ -68,6 +68,11 @@ impl DmaCache {
         self.len.fill(0);
     }
 
+    /// Values per key.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
     /// Offers a key to head `g`'s cache; applies the eviction rule.
     pub fn insert(&mut self, g: usize, k: &[f32], v: &[f32], score: f32, pos: usize) {
         let (kw, hd) = (self.keep_window, self.head_dim);

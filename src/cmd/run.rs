@@ -32,6 +32,15 @@ pub struct Args {
     /// Threads (default: available cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// Restore a session state saved by --save-state before processing the prompt.
+    #[arg(long, value_name = "FILE")]
+    pub load_state: Option<PathBuf>,
+    /// Save the session state (prompt and generated text) when done.
+    #[arg(long, value_name = "FILE")]
+    pub save_state: Option<PathBuf>,
+    /// Print the session's memory and state-file timings to stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 /// Sampling flags shared by `run` and `chat`.
@@ -110,6 +119,28 @@ pub fn run(a: Args) -> Result<()> {
             threads: a.threads,
         },
     )?;
+    if a.verbose {
+        let (state, scratch) = session.memory_bytes();
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        eprintln!(
+            "memory: weights {:.1} MiB mapped, session state {:.2} MiB, scratch {:.2} MiB (fixed for the session)",
+            mib(model.file.file_size()),
+            mib(state),
+            mib(scratch)
+        );
+    }
+    if let Some(p) = &a.load_state {
+        let t = Instant::now();
+        session.load_state(p)?;
+        if a.verbose {
+            eprintln!(
+                "loaded {} ({} tokens of state) in {:.2} ms",
+                p.display(),
+                session.pos(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
     let mut sampler = Sampler::new(params.clone(), c.n_vocab);
     prompt.iter().for_each(|&t| sampler.accept(t));
     eprintln!("seed {}, {} prompt tokens", params.seed, prompt.len());
@@ -143,6 +174,18 @@ pub fn run(a: Args) -> Result<()> {
     }
     writeln!(out)?;
     let gen_s = t1.elapsed().as_secs_f64();
+    if let Some(p) = &a.save_state {
+        let t = Instant::now();
+        session.save_state(p)?;
+        if a.verbose {
+            let size = std::fs::metadata(p).map_or(0, |m| m.len());
+            eprintln!(
+                "saved {} ({size} bytes) in {:.2} ms",
+                p.display(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
     eprintln!(
         "prompt: {} tokens in {:.1} ms ({:.1} tok/s); generation: {generated} tokens in {:.1} ms ({:.1} tok/s)",
         prompt.len(),
