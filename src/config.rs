@@ -163,7 +163,7 @@ impl Config {
                 .opt_usize(&key("attention.key_length"))?
                 .or(md.opt_usize(&key("rope.dimension_count"))?)
                 .unwrap_or(d_model / c.n_heads);
-            if c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 {
+            if c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) {
                 bail!(
                     "{a}: {} attention heads are not a multiple of {} KV heads",
                     c.n_heads,

@@ -22,9 +22,11 @@ pub mod npy;
 pub mod sampler;
 pub mod session;
 pub mod snapshot;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 
+use cheems_kernels::matmul::Activations;
 use cheems_kernels::matvec::Activation;
 
 pub use config::{Arch, Config};
@@ -38,6 +40,9 @@ pub struct Ctx<'a> {
     pub map: &'a [u8],
     pub pool: &'a cheems_kernels::pool::Pool,
     pub act: &'a mut Activation,
+    /// A batch of activation rows and the transposition buffer of batched products.
+    pub acts: &'a mut Activations,
+    pub tmp: &'a mut [f32],
 }
 
 impl Ctx<'_> {
@@ -45,5 +50,15 @@ impl Ctx<'_> {
     pub fn matvec(&mut self, w: &weights::Mat, x: &[f32], y: &mut [f32]) {
         self.act.quantize_for(w.ty, x);
         cheems_kernels::matvec::matvec(&w.get(self.map), self.act, x, y, self.pool);
+    }
+
+    /// `ys[t] = W xs[t]` for every row of `xs` (`[n][w.cols]` into `[n][w.rows]`); the weights are
+    /// read once for the whole batch.
+    pub fn matmul(&mut self, w: &weights::Mat, xs: &[f32], ys: &mut [f32]) {
+        if xs.len() == w.cols {
+            return self.matvec(w, xs, ys);
+        }
+        self.acts.quantize_for(w.ty, xs, w.cols);
+        cheems_kernels::matmul::matmul(&w.get(self.map), self.acts, xs, ys, self.tmp, self.pool);
     }
 }

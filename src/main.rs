@@ -26,6 +26,10 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Perplexity of the model over a text file.
     Perplexity(cmd::perplexity::Args),
+    /// Measure prompt processing and generation speed (llama-bench-like).
+    Bench(cmd::bench::Args),
+    /// Write a random-weight model of a named shape (for benchmarks).
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,8 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

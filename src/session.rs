@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
+use cheems_kernels::matmul::Activations;
 use cheems_kernels::matvec::{row_f32, Activation};
 use cheems_kernels::pool::Pool;
 
@@ -42,6 +43,9 @@ struct Scratch {
     ssd: Option<SsdScratch>,
     moe: Option<MoeScratch>,
     act: Activation,
+    /// A batch of activations and the transposition buffer of batched products.
+    acts: Activations,
+    tmp: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -90,16 +94,27 @@ impl Session {
         .into_iter()
         .max()
         .unwrap_or(c.d_model);
+        let widest_rows = [
+            c.d_model,
+            c.d_ff,
+            c.n_heads * c.head_dim,
+            c.ssd.map_or(0, |s| s.in_proj_rows()),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(c.d_model);
         let sc = Scratch {
             x: vec![0.0; MAX_BATCH * c.d_model],
             xb: vec![0.0; MAX_BATCH * c.d_model],
             xb2: vec![0.0; MAX_BATCH * c.d_model],
-            h1: vec![0.0; c.d_ff],
-            h2: vec![0.0; c.d_ff],
-            attn: AttnScratch::new(c, max_keys),
+            h1: vec![0.0; MAX_BATCH * c.d_ff],
+            h2: vec![0.0; MAX_BATCH * c.d_ff],
+            attn: AttnScratch::new(c, max_keys, MAX_BATCH),
             ssd: c.ssd.as_ref().map(|s| SsdScratch::new(s, MAX_BATCH)),
             moe: (c.n_experts > 0).then(|| MoeScratch::new(c)),
             act: Activation::with_capacity(widest),
+            acts: Activations::with_capacity(MAX_BATCH, widest),
+            tmp: vec![0.0; MAX_BATCH * widest_rows],
             logits: vec![0.0; c.n_vocab],
         };
         Ok(Session {
@@ -357,12 +372,16 @@ impl Session {
             ssd,
             moe,
             act,
+            acts,
+            tmp,
             logits,
         } = &mut self.sc;
         let mut cx = Ctx {
             map,
             pool: &self.pool,
             act,
+            acts,
+            tmp,
         };
         let embed = model.embed.get(map);
         for (t, &tok) in tokens.iter().enumerate() {
@@ -385,35 +404,29 @@ impl Session {
             match (&layer.mixer, state) {
                 (Mixer::Attention(a), State::Kv(kv)) => {
                     let rope = rope.ok_or_else(|| anyhow::anyhow!("attention without RoPE"))?;
-                    for t in 0..n {
-                        let r = t * h..(t + 1) * h;
-                        a.step(
-                            &mut cx,
-                            c,
-                            rope,
-                            &xb[r.clone()],
-                            pos + t,
-                            kv,
-                            attn,
-                            &mut xb2[r],
-                        )?;
-                    }
+                    a.forward(
+                        &mut cx,
+                        c,
+                        rope,
+                        &xb[..n * h],
+                        pos,
+                        kv,
+                        attn,
+                        &mut xb2[..n * h],
+                    )?;
                 }
                 (Mixer::Dma(d), State::Dma(cache)) => {
                     let rope = rope.ok_or_else(|| anyhow::anyhow!("DMA without RoPE"))?;
-                    for t in 0..n {
-                        let r = t * h..(t + 1) * h;
-                        d.step(
-                            &mut cx,
-                            c,
-                            rope,
-                            &xb[r.clone()],
-                            pos + t,
-                            cache,
-                            attn,
-                            &mut xb2[r],
-                        );
-                    }
+                    d.forward(
+                        &mut cx,
+                        c,
+                        rope,
+                        &xb[..n * h],
+                        pos,
+                        cache,
+                        attn,
+                        &mut xb2[..n * h],
+                    );
                 }
                 (Mixer::Ssd(s), State::Ssd(st)) => {
                     let scratch = ssd
@@ -437,19 +450,20 @@ impl Session {
             if let Some((norm, res, ffn)) = &layer.ffn {
                 for t in 0..n {
                     let r = t * h..(t + 1) * h;
-                    rmsnorm(&x[r.clone()], norm, c.norm_eps, &mut xb[r.clone()]);
-                    match ffn {
-                        Ffn::Mlp(m) => {
-                            m.forward(&mut cx, &xb[r.clone()], h1, h2, &mut xb2[r.clone()])
-                        }
-                        Ffn::CdMoe(m) => {
-                            let s = moe
-                                .as_mut()
-                                .ok_or_else(|| anyhow::anyhow!("MoE scratch missing"))?;
-                            m.forward(&mut cx, &xb[r.clone()], h1, h2, s, &mut xb2[r.clone()]);
-                        }
+                    rmsnorm(&x[r.clone()], norm, c.norm_eps, &mut xb[r]);
+                }
+                let (xs, out) = (&xb[..n * h], &mut xb2[..n * h]);
+                match ffn {
+                    Ffn::Mlp(m) => m.forward(&mut cx, xs, h1, h2, out),
+                    Ffn::CdMoe(m) => {
+                        let s = moe
+                            .as_mut()
+                            .ok_or_else(|| anyhow::anyhow!("MoE scratch missing"))?;
+                        m.forward(&mut cx, xs, h1, h2, s, out);
                     }
-                    residual(&mut x[r.clone()], res, &xb2[r]);
+                }
+                for t in 0..n {
+                    residual(&mut x[t * h..(t + 1) * h], res, &xb2[t * h..(t + 1) * h]);
                 }
             }
             if let Some(tr) = &mut self.trace {

@@ -180,6 +180,8 @@ fn cdmoe_gather_equals_a_dense_loop_over_all_experts() {
     let silu = |v: f32| v / (1.0 + (-v).exp());
     let pool = cheems_kernels::pool::Pool::new(1).unwrap();
     let mut act = cheems_kernels::matvec::Activation::with_capacity(ff.max(h));
+    let mut acts = cheems_kernels::matmul::Activations::with_capacity(1, ff.max(h));
+    let mut tmp = vec![0f32; ff.max(h)];
     let mut scratch = MoeScratch::new(c);
     for layer in 0..c.n_layers {
         let Some((_, _, Ffn::CdMoe(moe))) = &m.layers[layer].ffn else {
@@ -231,6 +233,8 @@ fn cdmoe_gather_equals_a_dense_loop_over_all_experts() {
                 map: m.map(),
                 pool: &pool,
                 act: &mut act,
+                acts: &mut acts,
+                tmp: &mut tmp,
             };
             let (mut h1, mut h2, mut out) = (vec![0f32; ff], vec![0f32; ff], vec![0f32; h]);
             moe.forward(&mut cx, &x, &mut h1, &mut h2, &mut scratch, &mut out);

@@ -243,7 +243,7 @@ fn write_test_file(path: &Path, json_path: &Path) -> Result<()> {
             t.dims == spec.dims
                 && t.ggml_type == spec.ggml_type
                 && file.tensor_data(t) == data.as_slice()
-                && (file.data_offset() as u64 + t.offset) % spec.align.max(32) as u64 == 0
+                && (file.data_offset() as u64 + t.offset).is_multiple_of(spec.align.max(32) as u64)
         });
         if !ok {
             return Err(cheems_formats::Error::Invalid(format!(

@@ -1,14 +1,15 @@
 //! Matrix-vector products over weights borrowed in place from the model file, in their stored
 //! type. The activation is converted once per product to the weight type's partner
-//! ([`Activation`]), then each row is an integer dot product (ggml's scheme), rows split across
-//! the caller's thread pool.
+//! ([`Activation`]), then each row is an integer dot product (ggml's scheme) run by the active
+//! level's SIMD kernels ([`crate::dispatch`]), four rows per pass, rows split across the
+//! caller's thread pool. The `*_at` variants take the level as an argument (parity tests,
+//! side-by-side benchmarks).
 
 use cheems_formats::blocks::{self, vec_dot_type};
 use cheems_formats::GgmlType;
 
+use crate::dispatch::{self, ActBufs, ActView, Level};
 use crate::pool::Pool;
-
-use crate::reference as r;
 
 /// A weight matrix: `rows` rows of `cols` values of type `ty`, row-major, in place.
 #[derive(Clone, Copy, Debug)]
@@ -34,12 +35,26 @@ impl<'a> MatRef<'a> {
 
 /// An activation row held in f32 and in the partner format of the weights it multiplies.
 /// Sized once (`with_capacity`); converting never allocates afterwards.
+///
+/// Besides the partner's ggml blocks (the bytes `cheems_formats::blocks::quantize_row` makes,
+/// which the scalar twins read), a Q8_0/Q8_1 partner keeps level-independent side arrays for
+/// the SIMD kernels: the quants contiguous, each block's scale (and Q8_1 `s`) as f32, and for
+/// Q8_0 minus the sum of every 4 consecutive quants and of each block (the offset corrections
+/// that let kernels multiply unsigned weight quants). Q8_K blocks already carry their `bsums` and are read in
+/// place.
 #[derive(Debug, Clone)]
 pub struct Activation {
     /// 8-byte aligned storage for the quantized blocks.
     store: Vec<u64>,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    nsum4: Vec<i32>,
+    nsum: Vec<f32>,
     ty: GgmlType,
     n: usize,
+    /// The last conversion succeeded (whole blocks, within capacity).
+    ok: bool,
 }
 
 impl Activation {
@@ -51,69 +66,222 @@ impl Activation {
             blocks * GgmlType::Q8_1.type_size() + (max_cols / 256 + 1) * GgmlType::Q8_K.type_size();
         Activation {
             store: vec![0; bytes.div_ceil(8)],
+            q: vec![0; blocks * 32],
+            d: vec![0.0; blocks],
+            s: vec![0.0; blocks],
+            nsum4: vec![0; blocks * 8],
+            nsum: vec![0.0; blocks],
             ty: GgmlType::F32,
             n: 0,
+            ok: false,
         }
     }
 
-    /// Converts `x` for products with weights of type `weight_ty`.
+    /// Converts `x` for products with weights of type `weight_ty` (at the active kernel
+    /// level; every level makes the same bytes).
     pub fn quantize_for(&mut self, weight_ty: GgmlType, x: &[f32]) {
+        self.quantize_for_at(dispatch::level(), weight_ty, x);
+    }
+
+    /// [`Activation::quantize_for`] with the quantizer of a given level (the scalar one where
+    /// this CPU lacks it).
+    pub fn quantize_for_at(&mut self, level: Level, weight_ty: GgmlType, x: &[f32]) {
         let ty = vec_dot_type(weight_ty);
         self.ty = ty;
         self.n = x.len();
+        self.ok = true;
         if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
             return; // float weights read x directly
         }
-        let len = ty.row_bytes(x.len()).unwrap_or(0);
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.store);
-        // Infallible for a row of whole blocks within capacity, which callers guarantee.
-        let ok = blocks::quantize_row(ty, x, &mut bytes[..len]);
-        debug_assert!(ok.is_ok(), "activation quantize: {ok:?}");
+        let len = ty.row_bytes(x.len());
+        let blocks: &mut [u8] = bytemuck::cast_slice_mut(&mut self.store);
+        let Some(len) = len.filter(|&l| l <= blocks.len() && x.len() <= self.q.len()) else {
+            self.ok = false;
+            debug_assert!(
+                false,
+                "activation of {} values for {ty} (capacity {})",
+                x.len(),
+                self.q.len()
+            );
+            return;
+        };
+        let table = dispatch::table(level).unwrap_or(&crate::scalar::TABLE);
+        let blocks = &mut blocks[..len];
+        match ty {
+            GgmlType::Q8_0 | GgmlType::Q8_1 => {
+                let nb = x.len() / 32;
+                let mut bufs = ActBufs {
+                    blocks,
+                    q: &mut self.q[..32 * nb],
+                    d: &mut self.d[..nb],
+                    s: &mut self.s[..nb],
+                    nsum4: &mut self.nsum4[..8 * nb],
+                    nsum: &mut self.nsum[..nb],
+                };
+                // SAFETY: `x` is whole blocks (`row_bytes` is `Some`), the buffers are sized
+                // for them, and `table` is for a level this CPU supports.
+                unsafe { (table.quant_q8)(x, &mut bufs, ty == GgmlType::Q8_1) };
+            }
+            GgmlType::Q8_K => {
+                // SAFETY: as above, for Q8_K blocks.
+                unsafe { (table.quant_q8_k)(x, blocks) };
+            }
+            _ => {
+                let ok = blocks::quantize_row(ty, x, blocks);
+                debug_assert!(ok.is_ok(), "activation quantize: {ok:?}");
+                self.ok = ok.is_ok();
+            }
+        }
+    }
+
+    /// The partner row as ggml blocks (empty for float partners), as the last
+    /// [`Activation::quantize_for`] made it.
+    pub fn partner_bytes(&self) -> &[u8] {
+        if matches!(self.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            return &[];
+        }
+        self.bytes()
     }
 
     fn bytes(&self) -> &[u8] {
         let all: &[u8] = bytemuck::cast_slice(&self.store);
         &all[..self.ty.row_bytes(self.n).unwrap_or(0)]
     }
-}
 
-/// `w_row · x` for one row of weight type `ty`, with `act` holding `x` in the partner format.
-pub fn row_dot(ty: GgmlType, row: &[u8], act: &Activation, x: &[f32]) -> f32 {
-    use bytemuck::cast_slice as c;
-    match ty {
-        GgmlType::F32 => r::dot_f32(c(row), x),
-        GgmlType::F16 => r::dot_f16_f32(c(row), x),
-        GgmlType::BF16 => r::dot_bf16_f32(c(row), x),
-        GgmlType::Q4_0 => r::dot_q4_0_q8_0(c(row), c(act.bytes())),
-        GgmlType::Q4_1 => r::dot_q4_1_q8_1(c(row), c(act.bytes())),
-        GgmlType::Q5_0 => r::dot_q5_0_q8_0(c(row), c(act.bytes())),
-        GgmlType::Q5_1 => r::dot_q5_1_q8_1(c(row), c(act.bytes())),
-        GgmlType::Q8_0 => r::dot_q8_0_q8_0(c(row), c(act.bytes())),
-        GgmlType::Q4_K => r::dot_q4_k_q8_k(c(row), c(act.bytes())),
-        GgmlType::Q5_K => r::dot_q5_k_q8_k(c(row), c(act.bytes())),
-        GgmlType::Q6_K => r::dot_q6_k_q8_k(c(row), c(act.bytes())),
-        // Loading refuses other types, so this is never reached with real weights.
-        _ => f32::NAN,
+    /// The kernels' view, if this activation was prepared for `cols`-value rows of `weight_ty`
+    /// (float types read `x`, which must then hold `cols` values).
+    fn view<'a>(&'a self, weight_ty: GgmlType, cols: usize, x: &'a [f32]) -> Option<ActView<'a>> {
+        let partner = vec_dot_type(weight_ty);
+        if matches!(partner, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            return (x.len() == cols).then_some(ActView {
+                n: cols,
+                x,
+                blocks: &[],
+                q: &[],
+                d: &[],
+                s: &[],
+                nsum4: &[],
+                nsum: &[],
+            });
+        }
+        if !self.ok || self.ty != partner || self.n != cols {
+            return None;
+        }
+        let nb = cols / 32;
+        Some(ActView {
+            n: cols,
+            x,
+            blocks: self.bytes(),
+            q: &self.q[..cols],
+            d: &self.d[..nb],
+            s: &self.s[..nb],
+            nsum4: &self.nsum4[..cols / 4],
+            nsum: &self.nsum[..nb],
+        })
     }
 }
 
-/// `y = W x`. `act` must hold `x` converted for `w.ty` ([`Activation::quantize_for`]).
+/// `w_row · x` for one row of weight type `ty`, with `act` holding `x` in the partner format,
+/// at the active kernel level. Unsupported types, and an activation not prepared for this row
+/// (other type or length), give NaN.
+pub fn row_dot(ty: GgmlType, row: &[u8], act: &Activation, x: &[f32]) -> f32 {
+    row_dot_at(dispatch::level(), ty, row, act, x)
+}
+
+/// [`row_dot`] at a given kernel level (NaN where this CPU lacks it).
+pub fn row_dot_at(level: Level, ty: GgmlType, row: &[u8], act: &Activation, x: &[f32]) -> f32 {
+    let partner = vec_dot_type(ty);
+    let cols = if matches!(partner, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        x.len()
+    } else {
+        act.n
+    };
+    let Some(kernel) = dispatch::table(level).and_then(|t| t.get(ty)) else {
+        return f32::NAN;
+    };
+    let Some(view) = act.view(ty, cols, x) else {
+        debug_assert!(
+            false,
+            "row_dot: activation not prepared for {cols} values of {ty}"
+        );
+        return f32::NAN;
+    };
+    if ty.row_bytes(cols) != Some(row.len()) {
+        debug_assert!(
+            false,
+            "row_dot: {} bytes is not a {cols}-value {ty} row",
+            row.len()
+        );
+        return f32::NAN;
+    }
+    if cols == 0 {
+        return 0.0;
+    }
+    let mut out = [0f32];
+    // SAFETY: `row` is one row of `cols` values of `ty` (checked above), `view` was prepared
+    // for `cols` values of `ty`'s partner (`Activation::view`), and `table` hands out only
+    // levels this CPU supports.
+    unsafe { kernel(row, row.len(), &view, &mut out) };
+    out[0]
+}
+
+/// `y = W x` at the active kernel level. `act` must hold `x` converted for `w.ty`
+/// ([`Activation::quantize_for`]); `y` has `w.rows` values. Rows are split across `pool`.
 pub fn matvec(w: &MatRef<'_>, act: &Activation, x: &[f32], y: &mut [f32], pool: &Pool) {
-    debug_assert_eq!(y.len(), w.rows);
-    debug_assert_eq!(x.len(), w.cols);
+    matvec_at(dispatch::level(), w, act, x, y, pool);
+}
+
+/// [`matvec`] at a given kernel level. A level this CPU lacks, an unsupported type or
+/// mismatched shapes fill `y` with NaN.
+pub fn matvec_at(
+    level: Level,
+    w: &MatRef<'_>,
+    act: &Activation,
+    x: &[f32],
+    y: &mut [f32],
+    pool: &Pool,
+) {
     let rb = w.row_bytes();
+    let kernel = dispatch::table(level).and_then(|t| t.get(w.ty));
+    let view = act.view(w.ty, w.cols, x);
+    let shapes_ok = y.len() == w.rows
+        && w.ty.row_bytes(w.cols).is_some()
+        && w.rows.checked_mul(rb).is_some_and(|b| b <= w.data.len());
+    let (Some(kernel), Some(view), true) = (kernel, view, shapes_ok) else {
+        debug_assert!(
+            !level.is_supported() || dispatch::table(level).and_then(|t| t.get(w.ty)).is_none(),
+            "matvec: {}x{} {} with {} outputs, {} bytes, activation for {}x{}: mismatch",
+            w.rows,
+            w.cols,
+            w.ty,
+            y.len(),
+            w.data.len(),
+            act.ty,
+            act.n
+        );
+        y.fill(f32::NAN);
+        return;
+    };
+    if w.cols == 0 {
+        y.fill(0.0);
+        return;
+    }
     let rows = |first: usize, ys: &mut [f32]| {
-        for (k, yi) in ys.iter_mut().enumerate() {
-            let i = first + k;
-            *yi = row_dot(w.ty, &w.data[i * rb..(i + 1) * rb], act, x);
-        }
+        let bytes = &w.data[first * rb..(first + ys.len()) * rb];
+        // SAFETY: `bytes` holds exactly `ys.len()` rows of `w.cols` values of `w.ty`, `view`
+        // was prepared for them (`Activation::view`), and `table` hands out only levels this
+        // CPU supports.
+        unsafe { kernel(bytes, rb, &view, ys) };
     };
     if w.rows <= 64 || pool.threads() == 1 {
         rows(0, y);
         return;
     }
-    // Chunks of rows big enough to amortise the hand-off, small enough to balance the threads.
-    let chunk = (w.rows / (4 * pool.threads())).clamp(16, 1024);
+    // Chunks of rows big enough to amortise the hand-off, small enough to balance the threads;
+    // a multiple of 4 so that the 4-row kernels see no ragged chunk edges.
+    let chunk = (w.rows / (4 * pool.threads()))
+        .clamp(16, 1024)
+        .next_multiple_of(4);
     pool.for_chunks_mut(y, chunk, &|c, ys| rows(c * chunk, ys));
 }
 

@@ -265,7 +265,7 @@ impl<'a> Streamer<'a> {
         let row_bytes = ty.row_bytes(row_len).ok_or_else(|| {
             anyhow!("row of {row_len} values is not a whole number of {ty} blocks")
         })?;
-        if row_len == 0 || values.len() % row_len != 0 {
+        if row_len == 0 || !values.len().is_multiple_of(row_len) {
             bail!(
                 "internal: a chunk of {} values is not whole rows of {row_len}",
                 values.len()

@@ -207,7 +207,7 @@ pub fn choose_type(t: &PlannedTensor, opts: &Options) -> GgmlType {
 }
 
 fn fallback(ty: GgmlType, row_len: usize) -> GgmlType {
-    if row_len % ty.block_size() == 0 {
+    if row_len.is_multiple_of(ty.block_size()) {
         return ty;
     }
     let next = match ty {

@@ -41,20 +41,26 @@ impl Qkvo {
         })
     }
 
-    /// `s.q, s.k, s.v` of input `x`.
-    pub fn project(&self, cx: &mut Ctx<'_>, x: &[f32], s: &mut AttnScratch) {
-        cx.matvec(&self.q, x, &mut s.q);
-        cx.matvec(&self.k, x, &mut s.k);
-        cx.matvec(&self.v, x, &mut s.v);
-        add_bias(&mut s.q, &self.q_bias);
-        add_bias(&mut s.k, &self.k_bias);
-        add_bias(&mut s.v, &self.v_bias);
+    /// Rows `..n` of `s.q, s.k, s.v` from the `n` rows of `xs`.
+    pub fn project(&self, cx: &mut Ctx<'_>, xs: &[f32], n: usize, s: &mut AttnScratch) {
+        let (qd, kvd) = (self.q.rows, self.k.rows);
+        cx.matmul(&self.q, xs, &mut s.q[..n * qd]);
+        cx.matmul(&self.k, xs, &mut s.k[..n * kvd]);
+        cx.matmul(&self.v, xs, &mut s.v[..n * kvd]);
+        for t in 0..n {
+            add_bias(&mut s.q[t * qd..(t + 1) * qd], &self.q_bias);
+            add_bias(&mut s.k[t * kvd..(t + 1) * kvd], &self.k_bias);
+            add_bias(&mut s.v[t * kvd..(t + 1) * kvd], &self.v_bias);
+        }
     }
 
-    /// `out = W_o · s.out`.
-    pub fn output(&self, cx: &mut Ctx<'_>, s: &AttnScratch, out: &mut [f32]) {
-        cx.matvec(&self.o, &s.out, out);
-        add_bias(out, &self.o_bias);
+    /// `out[t] = W_o · s.out[t]` for `n` rows.
+    pub fn output(&self, cx: &mut Ctx<'_>, s: &AttnScratch, n: usize, out: &mut [f32]) {
+        let (qd, h) = (self.o.cols, self.o.rows);
+        cx.matmul(&self.o, &s.out[..n * qd], &mut out[..n * h]);
+        for t in 0..n {
+            add_bias(&mut out[t * h..(t + 1) * h], &self.o_bias);
+        }
     }
 }
 
@@ -108,7 +114,7 @@ impl KvCache {
     }
 }
 
-/// Per-token scratch of attention layers.
+/// Scratch of attention layers for a batch of up to `batch` tokens (sized once).
 #[derive(Debug, Clone)]
 pub struct AttnScratch {
     pub q: Vec<f32>,
@@ -120,13 +126,17 @@ pub struct AttnScratch {
 }
 
 impl AttnScratch {
-    pub fn new(c: &Config, max_keys: usize) -> Self {
-        let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    pub fn new(c: &Config, max_keys: usize, batch: usize) -> Self {
+        let (q, kv, b) = (
+            c.n_heads * c.head_dim,
+            c.n_kv_heads * c.head_dim,
+            batch.max(1),
+        );
         AttnScratch {
-            q: vec![0.0; q],
-            k: vec![0.0; kv],
-            v: vec![0.0; kv],
-            out: vec![0.0; q],
+            q: vec![0.0; b * q],
+            k: vec![0.0; b * kv],
+            v: vec![0.0; b * kv],
+            out: vec![0.0; b * q],
             att: vec![0.0; max_keys + 1],
         }
     }
@@ -157,48 +167,59 @@ impl Attention {
         })
     }
 
-    /// One token at position `pos`: appends its key and value, attends over the cache.
+    /// `n` tokens at positions `pos..pos + n` (rows of `xs` and `out`): each appends its key and
+    /// value and attends over the cache so far.
     #[allow(clippy::too_many_arguments)]
-    pub fn step(
+    pub fn forward(
         &self,
         cx: &mut Ctx<'_>,
         c: &Config,
         rope: &RopeTable,
-        x: &[f32],
+        xs: &[f32],
         pos: usize,
         cache: &mut KvCache,
         s: &mut AttnScratch,
         out: &mut [f32],
     ) -> Result<()> {
-        if cache.len >= cache.capacity {
+        let n = xs.len() / c.d_model;
+        if cache.len + n > cache.capacity {
             bail!("the context is full ({} tokens)", cache.capacity);
         }
-        self.proj.project(cx, x, s);
-        rope.apply(&mut s.q, pos);
-        rope.apply(&mut s.k, pos);
-        let kvd = s.k.len();
-        let t = cache.len;
-        cache.k[t * kvd..(t + 1) * kvd].copy_from_slice(&s.k);
-        cache.v[t * kvd..(t + 1) * kvd].copy_from_slice(&s.v);
-        cache.len += 1;
-        let hd = c.head_dim;
+        self.proj.project(cx, xs, n, s);
+        let (hd, kvd, qd) = (
+            c.head_dim,
+            c.n_kv_heads * c.head_dim,
+            c.n_heads * c.head_dim,
+        );
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let (ks, vs) = (&cache.k, &cache.v);
-        for h in 0..c.n_heads {
-            let off = (h / group) * hd;
-            attend(
-                &s.q[h * hd..(h + 1) * hd],
-                cache.len,
-                |j| &ks[j * kvd + off..j * kvd + off + hd],
-                |j| &vs[j * kvd + off..j * kvd + off + hd],
-                |_| 0.0,
-                scale,
-                &mut s.att,
-                &mut s.out[h * hd..(h + 1) * hd],
+        for t in 0..n {
+            let (q, k) = (
+                &mut s.q[t * qd..(t + 1) * qd],
+                &mut s.k[t * kvd..(t + 1) * kvd],
             );
+            rope.apply(q, pos + t);
+            rope.apply(k, pos + t);
+            let at = cache.len;
+            cache.k[at * kvd..(at + 1) * kvd].copy_from_slice(k);
+            cache.v[at * kvd..(at + 1) * kvd].copy_from_slice(&s.v[t * kvd..(t + 1) * kvd]);
+            cache.len += 1;
+            let (ks, vs) = (&cache.k, &cache.v);
+            for h in 0..c.n_heads {
+                let off = (h / group) * hd;
+                attend(
+                    &s.q[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    cache.len,
+                    |j| &ks[j * kvd + off..j * kvd + off + hd],
+                    |j| &vs[j * kvd + off..j * kvd + off + hd],
+                    |_| 0.0,
+                    scale,
+                    &mut s.att,
+                    &mut s.out[t * qd + h * hd..t * qd + (h + 1) * hd],
+                );
+            }
         }
-        self.proj.output(cx, s, out);
+        self.proj.output(cx, s, n, out);
         Ok(())
     }
 }

@@ -139,31 +139,34 @@ impl CdMoe {
         })
     }
 
-    /// `out = MLP(x) + Σ_m silu(down_m · x) · w_m · up_m`.
+    /// `out[t] = MLP(xs[t]) + Σ_m silu(down_m · xs[t]) · w_m · up_m` for the rows of `xs`,
+    /// each routed on its own (natural per-token routing).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         cx: &mut Ctx<'_>,
-        x: &[f32],
+        xs: &[f32],
         h1: &mut [f32],
         h2: &mut [f32],
         s: &mut MoeScratch,
         out: &mut [f32],
     ) {
-        cx.matvec(&self.router, x, &mut s.router);
-        let (max, total) = route(self.n_keys, self.n_used, s);
-        let chosen = &s.cand[..self.n_used];
-        self.shared.forward(cx, x, h1, h2, out);
+        let h = self.router.cols;
+        self.shared.forward(cx, xs, h1, h2, out);
         let expert_ty = match &self.experts {
             Experts::Records(mm) => mm.ty,
             Experts::Tables { down, .. } => down.ty,
         };
-        cx.act.quantize_for(expert_ty, x);
-        for &(score, e) in chosen.iter() {
-            let w = (score - max).exp() / total;
-            let (ty, down, up) = self.experts.rows(cx.map, e);
-            let alpha = silu(row_dot(ty, down, cx.act, x)) * w;
-            row_axpy(ty, up, alpha, out, &mut s.row);
+        for (x, out) in xs.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+            cx.matvec(&self.router, x, &mut s.router);
+            let (max, total) = route(self.n_keys, self.n_used, s);
+            cx.act.quantize_for(expert_ty, x);
+            for &(score, e) in s.cand[..self.n_used].iter() {
+                let w = (score - max).exp() / total;
+                let (ty, down, up) = self.experts.rows(cx.map, e);
+                let alpha = silu(row_dot(ty, down, cx.act, x)) * w;
+                row_axpy(ty, up, alpha, out, &mut s.row);
+            }
         }
     }
 }

@@ -125,60 +125,66 @@ impl Dma {
         })
     }
 
-    /// One token at position `pos`.
+    /// `n` tokens at positions `pos..pos + n` (rows of `xs` and `out`), one after another:
+    /// each is offered to the bounded cache, then attends over it.
     #[allow(clippy::too_many_arguments)]
-    pub fn step(
+    pub fn forward(
         &self,
         cx: &mut Ctx<'_>,
         c: &Config,
         rope: &RopeTable,
-        x: &[f32],
+        xs: &[f32],
         pos: usize,
         cache: &mut DmaCache,
         s: &mut AttnScratch,
         out: &mut [f32],
     ) {
-        self.proj.project(cx, x, s);
+        let n = xs.len() / c.d_model;
+        self.proj.project(cx, xs, n, s);
         let (hd, eps) = (c.head_dim, c.norm_eps);
-        s.q.chunks_exact_mut(hd)
+        let (kvd, qd, g_n) = (c.n_kv_heads * hd, c.n_heads * hd, c.n_kv_heads);
+        s.q[..n * qd]
+            .chunks_exact_mut(hd)
             .for_each(|h| rmsnorm_inplace(h, &self.q_norm, eps));
-        s.k.chunks_exact_mut(hd)
+        s.k[..n * kvd]
+            .chunks_exact_mut(hd)
             .for_each(|h| rmsnorm_inplace(h, &self.k_norm, eps));
-        rope.apply(&mut s.q, pos);
-        rope.apply(&mut s.k, pos);
-        // Scores of the new key, one per KV head, from all KV heads' values.
+        // Scores of the new keys, one per KV head, from all KV heads' values: [n][n_kv_heads],
+        // kept in the attention-weight scratch until each token is inserted.
         let mut dt = [0f32; 64];
-        let dt = &mut dt[..c.n_kv_heads];
-        cx.matvec(&self.dt, &s.v, dt);
-        add_bias(dt, &self.dt_bias);
-        for (g, &d) in dt.iter().enumerate() {
-            let score = (self.a[g] * softplus(d)).exp();
-            cache.insert(
-                g,
-                &s.k[g * hd..(g + 1) * hd],
-                &s.v[g * hd..(g + 1) * hd],
-                score,
-                pos,
-            );
-        }
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let kw = cache.keep_window;
-        let (ks, vs, sc) = (&cache.k, &cache.v, &cache.score);
-        for h in 0..c.n_heads {
-            let base = (h / group) * kw;
-            attend(
-                &s.q[h * hd..(h + 1) * hd],
-                cache.len[h / group],
-                |j| &ks[(base + j) * hd..(base + j + 1) * hd],
-                |j| &vs[(base + j) * hd..(base + j + 1) * hd],
-                |j| sc[base + j],
-                scale,
-                &mut s.att,
-                &mut s.out[h * hd..(h + 1) * hd],
-            );
+        for t in 0..n {
+            rope.apply(&mut s.q[t * qd..(t + 1) * qd], pos + t);
+            rope.apply(&mut s.k[t * kvd..(t + 1) * kvd], pos + t);
+            let dt = &mut dt[..g_n];
+            cx.matvec(&self.dt, &s.v[t * kvd..(t + 1) * kvd], dt);
+            add_bias(dt, &self.dt_bias);
+            for (g, &d) in dt.iter().enumerate() {
+                let score = (self.a[g] * softplus(d)).exp();
+                let (k, v) = (
+                    &s.k[t * kvd + g * hd..t * kvd + (g + 1) * hd],
+                    &s.v[t * kvd + g * hd..t * kvd + (g + 1) * hd],
+                );
+                cache.insert(g, k, v, score, pos + t);
+            }
+            let (ks, vs, sc) = (&cache.k, &cache.v, &cache.score);
+            for h in 0..c.n_heads {
+                let base = (h / group) * kw;
+                attend(
+                    &s.q[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    cache.len[h / group],
+                    |j| &ks[(base + j) * hd..(base + j + 1) * hd],
+                    |j| &vs[(base + j) * hd..(base + j + 1) * hd],
+                    |j| sc[base + j],
+                    scale,
+                    &mut s.att,
+                    &mut s.out[t * qd + h * hd..t * qd + (h + 1) * hd],
+                );
+            }
         }
-        self.proj.output(cx, s, out);
+        self.proj.output(cx, s, n, out);
     }
 }
 

@@ -29,20 +29,22 @@ impl Mlp {
         })
     }
 
-    /// `out = MLP(x)`; `h1`, `h2` are `d_ff` scratch rows.
+    /// `out[t] = MLP(xs[t])` for the rows of `xs`; `h1`, `h2` hold `[n][d_ff]`.
     pub fn forward(
         &self,
         cx: &mut Ctx<'_>,
-        x: &[f32],
+        xs: &[f32],
         h1: &mut [f32],
         h2: &mut [f32],
         out: &mut [f32],
     ) {
-        cx.matvec(&self.gate, x, h1);
-        cx.matvec(&self.up, x, h2);
+        let n = xs.len() / self.gate.cols;
+        let (h1, h2) = (&mut h1[..n * self.gate.rows], &mut h2[..n * self.up.rows]);
+        cx.matmul(&self.gate, xs, h1);
+        cx.matmul(&self.up, xs, h2);
         for (a, b) in h1.iter_mut().zip(h2.iter()) {
             *a = silu(*a) * b;
         }
-        cx.matvec(&self.down, h1, out);
+        cx.matmul(&self.down, h1, &mut out[..n * self.down.rows]);
     }
 }

@@ -185,6 +185,13 @@ impl Ssd {
 
     /// `out = W_out(RMSNorm_groups(y ⊙ silu(z)))`.
     fn gate_norm_out(&self, cx: &mut Ctx<'_>, y: &mut [f32], z: &[f32], out: &mut [f32]) {
+        self.gate_norm(y, z);
+        cx.matvec(&self.out_proj, y, out);
+        add_bias(out, &self.out_bias);
+    }
+
+    /// `y = RMSNorm_groups(y ⊙ silu(z))` in place.
+    fn gate_norm(&self, y: &mut [f32], z: &[f32]) {
         let c = &self.cfg;
         for (y, &zv) in y.iter_mut().zip(z) {
             *y *= silu(zv);
@@ -193,8 +200,6 @@ impl Ssd {
         for (yg, wg) in y.chunks_exact_mut(gs).zip(self.norm.chunks_exact(gs)) {
             crate::blocks::norm::rmsnorm_inplace(yg, wg, c.norm_eps);
         }
-        cx.matvec(&self.out_proj, y, out);
-        add_bias(out, &self.out_bias);
     }
 
     /// The causal conv and SiLU of one token's `xbc_in` into `out`, advancing the conv state.
@@ -233,9 +238,9 @@ impl Ssd {
         let dm = self.in_proj.cols;
         let t_len = u.len() / dm;
         // Projections, conv, RoPE on B and C, Δ, per token.
+        cx.matmul(&self.in_proj, u, &mut s.zxbcdt[..t_len * rows]);
         for t in 0..t_len {
             let zx = &mut s.zxbcdt[t * rows..(t + 1) * rows];
-            cx.matvec(&self.in_proj, &u[t * dm..(t + 1) * dm], zx);
             add_bias(zx, &self.in_bias);
             let xbc = &mut s.xbc[t * cd..(t + 1) * cd];
             self.conv_step(st, &zx[di..di + cd], xbc);
@@ -307,11 +312,12 @@ impl Ssd {
             c0 += q;
         }
         for t in 0..t_len {
-            let (zrows, y) = (
-                &s.zxbcdt[t * rows..t * rows + di],
-                &mut s.y[t * di..(t + 1) * di],
-            );
-            self.gate_norm_out(cx, y, zrows, &mut out[t * dm..(t + 1) * dm]);
+            let z = &s.zxbcdt[t * rows..t * rows + di];
+            self.gate_norm(&mut s.y[t * di..(t + 1) * di], z);
+        }
+        cx.matmul(&self.out_proj, &s.y[..t_len * di], &mut out[..t_len * dm]);
+        for o in out[..t_len * dm].chunks_exact_mut(dm) {
+            add_bias(o, &self.out_bias);
         }
     }
 }

@@ -183,7 +183,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     check_supported(ty)?;
     let type_size = ty.type_size();
-    if src.len() % type_size != 0 {
+    if !src.len().is_multiple_of(type_size) {
         bail_invalid!(
             "dequantize {}: {} bytes is not a whole number of {}-byte blocks",
             ty,

@@ -123,7 +123,7 @@ impl GgufWriter {
             if !names.insert(t.name.as_str()) {
                 bail_invalid!("duplicate tensor name `{}`", t.name);
             }
-            if t.align != 0 && t.align as u64 % alignment != 0 {
+            if t.align != 0 && !(t.align as u64).is_multiple_of(alignment) {
                 bail_invalid!(
                     "tensor `{}`: align {} is not a multiple of the file alignment {alignment}",
                     t.name,

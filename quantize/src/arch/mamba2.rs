@@ -32,14 +32,14 @@ impl Ssd {
 
     pub fn validate(&self) -> Result<()> {
         let s = self;
-        if s.n_head == 0 || s.n_group == 0 || s.d_inner % s.n_head != 0 {
+        if s.n_head == 0 || s.n_group == 0 || !s.d_inner.is_multiple_of(s.n_head) {
             bail!(
                 "SSD: d_inner {} is not a multiple of the head count {}",
                 s.d_inner,
                 s.n_head
             );
         }
-        if s.n_head % s.n_group != 0 || s.d_inner % s.n_group != 0 {
+        if !s.n_head.is_multiple_of(s.n_group) || !s.d_inner.is_multiple_of(s.n_group) {
             bail!(
                 "SSD: head count {} and d_inner {} must be multiples of n_groups {}",
                 s.n_head,

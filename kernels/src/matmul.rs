@@ -1,0 +1,131 @@
+//! Batched products for prefill: `Y = X Wᵀ` for a batch of activation rows. Each weight row is
+//! read from memory once per batch and multiplied with every activation row while it is in cache,
+//! so prefill stops being bound by weight bandwidth. Rows of W are split across the pool.
+
+use cheems_formats::GgmlType;
+
+use crate::matvec::{row_dot, Activation, MatRef};
+use crate::pool::Pool;
+
+/// A batch of activation rows, each converted for the weight type it multiplies. Sized once.
+#[derive(Debug, Clone)]
+pub struct Activations {
+    rows: Vec<Activation>,
+    n: usize,
+}
+
+impl Activations {
+    /// Room for `batch` rows of up to `max_cols` values.
+    pub fn with_capacity(batch: usize, max_cols: usize) -> Self {
+        Activations {
+            rows: (0..batch.max(1))
+                .map(|_| Activation::with_capacity(max_cols))
+                .collect(),
+            n: 0,
+        }
+    }
+
+    /// Rows the batch can hold.
+    pub fn capacity(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Converts the rows of `xs` (`n` rows of `cols`) for products with `weight_ty`.
+    pub fn quantize_for(&mut self, weight_ty: GgmlType, xs: &[f32], cols: usize) {
+        let n = xs.len() / cols.max(1);
+        debug_assert!(n <= self.rows.len());
+        for (a, x) in self.rows.iter_mut().zip(xs.chunks_exact(cols)) {
+            a.quantize_for(weight_ty, x);
+        }
+        self.n = n;
+    }
+}
+
+/// `ys[t] = W xs[t]` for the `n` rows of `xs` (`[n][cols]`) into `ys` (`[n][rows]`). `tmp` holds
+/// `rows · n` values (the product row-major by weight row, transposed into `ys` at the end).
+/// `acts` must hold `xs` converted for `w.ty`.
+pub fn matmul(
+    w: &MatRef<'_>,
+    acts: &Activations,
+    xs: &[f32],
+    ys: &mut [f32],
+    tmp: &mut [f32],
+    pool: &Pool,
+) {
+    let (n, cols, rows) = (acts.n, w.cols, w.rows);
+    debug_assert_eq!(xs.len(), n * cols);
+    debug_assert_eq!(ys.len(), n * rows);
+    let tmp = &mut tmp[..rows * n];
+    let rb = w.row_bytes();
+    // Whole weight rows per chunk; a chunk's products are `n` values per row.
+    let chunk_rows = (rows / (4 * pool.threads())).clamp(4, 256);
+    pool.for_chunks_mut(tmp, chunk_rows * n, &|c, part| {
+        for (k, out) in part.chunks_exact_mut(n).enumerate() {
+            let r = c * chunk_rows + k;
+            let row = &w.data[r * rb..(r + 1) * rb];
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = row_dot(w.ty, row, &acts.rows[t], &xs[t * cols..(t + 1) * cols]);
+            }
+        }
+    });
+    for (r, prods) in tmp.chunks_exact(n).enumerate() {
+        for (t, &v) in prods.iter().enumerate() {
+            ys[t * rows + r] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::matvec::matvec;
+    use cheems_formats::blocks::quantize_row;
+
+    /// The batched product equals one matvec per row, bit for bit (same dot kernels).
+    #[test]
+    fn matmul_equals_matvec_per_row() {
+        let pool = Pool::new(2).unwrap();
+        let (rows, cols, n) = (70, 256, 5);
+        let mut s = 1u64;
+        let mut rnd = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let xs: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+        let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_K,
+        ] {
+            let rb = ty.row_bytes(cols).unwrap();
+            let mut data = vec![0u8; rows * rb];
+            for (r, dst) in data.chunks_exact_mut(rb).enumerate() {
+                quantize_row(ty, &wf[r * cols..(r + 1) * cols], dst).unwrap();
+            }
+            let w = MatRef {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
+            let mut acts = Activations::with_capacity(n, cols);
+            acts.quantize_for(ty, &xs, cols);
+            let (mut ys, mut tmp) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            matmul(&w, &acts, &xs, &mut ys, &mut tmp, &pool);
+            let mut act = Activation::with_capacity(cols);
+            for t in 0..n {
+                let x = &xs[t * cols..(t + 1) * cols];
+                act.quantize_for(ty, x);
+                let mut y = vec![0f32; rows];
+                matvec(&w, &act, x, &mut y, &pool);
+                assert_eq!(&ys[t * rows..(t + 1) * rows], y.as_slice(), "{ty} row {t}");
+            }
+        }
+    }
+}

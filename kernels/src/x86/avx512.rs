@@ -1,0 +1,289 @@
+//! The `avx512-vnni` level: AVX-512 F/BW/VL/VNNI on top of AVX2/FMA/F16C (Ice Lake and later,
+//! Zen 4 and later).
+//!
+//! `vpdpbusd` does a 4-way u8 × i8 dot into i32 lanes in one instruction. Signed Q8_0 weights
+//! become unsigned by `x ^ 0x80 = x + 128`, and the activation's `-Σ₄ y` side array (times 128)
+//! seeds the accumulator to cancel the offset; Q4_0 and Q5_0 use the same array times 8 and 16
+//! for their `-8`/`-16` offsets. Q4_0 and Q8_0 (the decode-critical types) and the float types
+//! run 512 bits wide, two 32-value blocks per step; the other quantized types run the shared
+//! 256-bit kernels with VNNI primitives.
+
+use core::arch::x86_64::*;
+
+use crate::dispatch::Table;
+
+/// `acc + Σ₄ u·y` per i32 lane.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn udot(u: __m256i, y: __m256i, acc: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, y)
+}
+
+/// `Σ₄ x·y` per i32 lane for signed x: `Σ (x + 128)·y − 128·Σ y`, exact.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn sdot(x: __m256i, y: __m256i, nsum4: __m256i) -> __m256i {
+    let xu = _mm256_xor_si256(x, _mm256_set1_epi8(-128));
+    _mm256_dpbusd_epi32(_mm256_slli_epi32::<7>(nsum4), xu, y)
+}
+
+/// Byte `i` is `0xff` where bit `i` of `qh` is set.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn bits32(qh: u32) -> __m256i {
+    _mm256_movm_epi8(qh)
+}
+
+/// `vpdpbusd` seeds its accumulator with the offset for free: no folding.
+const FOLD_OFFSET: bool = false;
+
+crate::x86::kernels_256!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+
+/// The 512-bit kernels of Q4_0 and Q8_0: two blocks per step (lanes 0-7 block `b`, 8-15
+/// block `b + 1`); the `2R` f16 scales of a step are converted together and spread to each
+/// row's lanes with one permute; an odd last block goes through the 256-bit kernel. `$x`
+/// builds the 64 weight bytes of blocks `b, b + 1` of the row at `p` (as unsigned bytes for
+/// `vpdpbusd`), `$nbias` the offset seed from the activation's `nsum4` lanes.
+macro_rules! pair_kernel {
+    ($name:ident, $tail:ident, $bs:literal, $hi16:literal,
+     |$ns:ident| $nbias:expr, |$p:ident| $x:block) => {
+        /// `R` rows over blocks `b0..b1`.
+        ///
+        /// # Safety
+        /// As the 256-bit kernel `$tail`.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        unsafe fn $name<const R: usize>(
+            w: [*const u8; R],
+            pf: *const u8,
+            b0: usize,
+            b1: usize,
+            a: &ActView<'_>,
+        ) -> [f32; R] {
+            const { assert!(R <= 4) };
+            let mut acc = [_mm512_setzero_ps(); R];
+            let (q, d, ns) = (a.q.as_ptr(), a.d.as_ptr(), a.nsum4.as_ptr());
+            // Lanes 0-3 of the scales: block `b` of rows 0-3; lanes 4-7: block `b + 1`.
+            let dy_index = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+            let mut b = b0;
+            while b + 2 <= b1 {
+                crate::x86::prefetch(pf.wrapping_add((b - b0) * R * $bs), 2 * R * $bs);
+                // SAFETY: blocks `b, b + 1 < b1` of every row and of the activation are in
+                // bounds (caller).
+                unsafe {
+                    let y = _mm512_loadu_si512(q.add(32 * b).cast());
+                    let $ns = _mm512_loadu_si512(ns.add(8 * b).cast());
+                    let nbias = $nbias;
+                    let p: [*const u8; R] = core::array::from_fn(|r| w[r].add($bs * b));
+                    let dx = _mm256_cvtph_ps(_mm_set_epi64x(
+                        crate::x86::pack_f16::<R>(&p, $bs) as i64,
+                        crate::x86::pack_f16::<R>(&p, 0) as i64,
+                    ));
+                    let dy = _mm256_permutevar8x32_ps(
+                        _mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd(d.add(b).cast()))),
+                        dy_index,
+                    );
+                    let v = _mm256_mul_ps(dx, dy);
+                    let scale = if $hi16 {
+                        // Lanes 8-15: the scales over 16, for lanes holding 16 × high nibbles.
+                        let v16 = _mm256_mul_ps(v, _mm256_set1_ps(1.0 / 16.0));
+                        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                            _mm512_castpd256_pd512(_mm256_castps_pd(v)),
+                            _mm256_castps_pd(v16),
+                        ))
+                    } else {
+                        _mm512_castps256_ps512(v)
+                    };
+                    for r in 0..R {
+                        let $p = p[r];
+                        let x: __m512i = $x;
+                        let s = _mm512_dpbusd_epi32(nbias, x, y);
+                        let ri = r as i32;
+                        let index = if $hi16 {
+                            let (h, c, ch) = (ri + 8, ri + 4, ri + 12);
+                            _mm512_setr_epi32(
+                                ri, ri, ri, ri, h, h, h, h, c, c, c, c, ch, ch, ch, ch,
+                            )
+                        } else {
+                            let c = ri + 4;
+                            _mm512_setr_epi32(
+                                ri, ri, ri, ri, ri, ri, ri, ri, c, c, c, c, c, c, c, c,
+                            )
+                        };
+                        let sc = _mm512_permutexvar_ps(index, scale);
+                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r]);
+                    }
+                }
+                b += 2;
+            }
+            let mut out = [0f32; R];
+            if b < b1 {
+                // SAFETY: forwarded; block `b < b1`.
+                out = unsafe { $tail::<R>(w, pf, b, b1, a) };
+            }
+            for r in 0..R {
+                out[r] += _mm512_reduce_add_ps(acc[r]);
+            }
+            out
+        }
+    };
+}
+
+// Q4_0 without shifts: one AND keeps the low nibbles of a block in its first 16 bytes and
+// 16 × the high nibbles in its last 16 (`vpdpbusd` has no i16 saturation to fear); the
+// offset of those lanes is 16 × 8 and their scale a sixteenth.
+pair_kernel!(
+    q4_0_z,
+    q4_0_n,
+    18,
+    true,
+    |ns| {
+        _mm512_sllv_epi32(
+            ns,
+            _mm512_setr_epi32(3, 3, 3, 3, 7, 7, 7, 7, 3, 3, 3, 3, 7, 7, 7, 7),
+        )
+    },
+    |p| {
+        let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(2).cast()));
+        let hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(20).cast()));
+        let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let m = _mm512_setr_epi64(
+            0x0f0f_0f0f_0f0f_0f0f,
+            0x0f0f_0f0f_0f0f_0f0f,
+            0xf0f0_f0f0_f0f0_f0f0_u64 as i64,
+            0xf0f0_f0f0_f0f0_f0f0_u64 as i64,
+            0x0f0f_0f0f_0f0f_0f0f,
+            0x0f0f_0f0f_0f0f_0f0f,
+            0xf0f0_f0f0_f0f0_f0f0_u64 as i64,
+            0xf0f0_f0f0_f0f0_f0f0_u64 as i64,
+        );
+        _mm512_and_si512(z, m)
+    }
+);
+
+pair_kernel!(
+    q8_0_z,
+    q8_0_n,
+    34,
+    false,
+    |ns| _mm512_slli_epi32::<7>(ns),
+    |p| {
+        let lo = _mm256_loadu_si256(p.add(2).cast());
+        let hi = _mm256_loadu_si256(p.add(36).cast());
+        let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        _mm512_xor_si512(x, _mm512_set1_epi8(-128))
+    }
+);
+
+rows_fn!(q4_0_rows, q4_0_z, 4, 32);
+rows_fn!(q8_0_rows, q8_0_z, 4, 32);
+
+/// Float rows times the f32 activation, `R` rows at a time, 32 values per step, the tail
+/// through masked loads.
+macro_rules! float_kernel {
+    ($n_fn:ident, $rows_fn:ident, $load16:ident, $esize:literal) => {
+        /// # Safety
+        /// Each `w[r]` points at a row of `n` values of the kernel's type; `a.x` holds `n`.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        unsafe fn $n_fn<const R: usize>(
+            w: [*const u8; R],
+            pf: *const u8,
+            _b0: usize,
+            n: usize,
+            a: &ActView<'_>,
+        ) -> [f32; R] {
+            let x = a.x.as_ptr();
+            let mut acc0 = [_mm512_setzero_ps(); R];
+            let mut acc1 = [_mm512_setzero_ps(); R];
+            let mut i = 0;
+            // SAFETY: every unmasked index read is below `n`, inside each row and `a.x`
+            // (masked-off lanes are not accessed).
+            unsafe {
+                while i + 32 <= n {
+                    crate::x86::prefetch(pf.wrapping_add(i * R * $esize), 32 * R * $esize);
+                    let x0 = _mm512_loadu_ps(x.add(i));
+                    let x1 = _mm512_loadu_ps(x.add(i + 16));
+                    for r in 0..R {
+                        acc0[r] = _mm512_fmadd_ps($load16(w[r], i, !0), x0, acc0[r]);
+                        acc1[r] = _mm512_fmadd_ps($load16(w[r], i + 16, !0), x1, acc1[r]);
+                    }
+                    i += 32;
+                }
+                while i < n {
+                    let m: __mmask16 = if n - i >= 16 {
+                        !0
+                    } else {
+                        (1u16 << (n - i)) - 1
+                    };
+                    let x0 = _mm512_maskz_loadu_ps(m, x.add(i));
+                    for r in 0..R {
+                        acc0[r] = _mm512_fmadd_ps($load16(w[r], i, m), x0, acc0[r]);
+                    }
+                    i += 16;
+                }
+            }
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+            }
+            out
+        }
+
+        rows_fn!($rows_fn, $n_fn, 4, 1);
+    };
+}
+
+/// Sixteen f32 at element `i` of the row at `p` (lanes outside `m` are zero, not read).
+///
+/// # Safety
+/// The elements `i + k` for the lanes `k` in `m` are in the row.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn ld_f32(p: *const u8, i: usize, m: __mmask16) -> __m512 {
+    // SAFETY: forwarded from the caller; masked-off lanes do not fault.
+    unsafe { _mm512_maskz_loadu_ps(m, p.cast::<f32>().add(i)) }
+}
+
+/// Sixteen f16 at element `i` of the row at `p`, as f32.
+///
+/// # Safety
+/// As [`ld_f32`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn ld_f16(p: *const u8, i: usize, m: __mmask16) -> __m512 {
+    // SAFETY: forwarded from the caller; masked-off lanes do not fault.
+    unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(2 * i).cast())) }
+}
+
+/// Sixteen bf16 at element `i` of the row at `p`, as f32.
+///
+/// # Safety
+/// As [`ld_f32`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn ld_bf16(p: *const u8, i: usize, m: __mmask16) -> __m512 {
+    // SAFETY: forwarded from the caller; masked-off lanes do not fault.
+    let h = unsafe { _mm256_maskz_loadu_epi16(m, p.add(2 * i).cast()) };
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+
+float_kernel!(f32_z, f32_rows, ld_f32, 4);
+float_kernel!(f16_z, f16_rows, ld_f16, 2);
+float_kernel!(bf16_z, bf16_rows, ld_bf16, 2);
+
+pub(crate) static TABLE: Table = Table {
+    quant_q8: crate::x86::quant::quantize_q8,
+    quant_q8_k: crate::x86::quant::quantize_q8_k,
+    f32: f32_rows,
+    f16: f16_rows,
+    bf16: bf16_rows,
+    q4_0: q4_0_rows,
+    q4_1: q4_1_rows,
+    q5_0: q5_0_rows,
+    q5_1: q5_1_rows,
+    q8_0: q8_0_rows,
+    q4_k: q4_k_rows,
+    q5_k: q5_k_rows,
+    q6_k: q6_k_rows,
+};
