@@ -210,9 +210,9 @@ macro_rules! kernels_256 {
         /// holding a lane per row. `$lanes` computes the i32 lane sums of one row's block at
         /// `p` from the activation block `y` and its `nsum4` (zero where the module folds the
         /// offset `$offset` of unsigned quants into the float accumulators: `FOLD_OFFSET`).
+        #[rustfmt::skip]
         macro_rules! legacy_kernel {
-            ($name:ident, $bs:literal, $mins:literal, $offset:literal,
-                                     |$p:ident, $y:ident, $ns:ident| $lanes:block) => {
+            ($name:ident, $bs:literal, $mins:literal, $offset:literal, |$p:ident, $y:ident, $ns:ident| $lanes:block) => {
                 /// `R` rows over blocks `b0..b1`.
                 ///
                 /// # Safety
