@@ -4,6 +4,8 @@
 //!   weights stay in the file's bytes, in their stored type.
 //! - [`Session`] owns one sequence's state and scratch, sized once; `prefill`/`decode` run the
 //!   stack of [`blocks`] (RMSNorm, RoPE, attention, DMA, SSD, MLP, CDMoE).
+//! - [`LoadOptions`]: map the file or read it into memory, and bound the CDMoE expert records
+//!   a session holds ([`experts`]); [`memory`] reports what is resident.
 //! - [`tokenizer`]: text to token ids and back, from the tokenizer carried in the model file.
 //!
 //! ```no_run
@@ -16,7 +18,13 @@
 //! ```
 
 pub mod blocks;
+#[cfg(feature = "capi")]
+pub mod capi;
+pub mod chat;
 pub mod config;
+pub mod default_model;
+pub mod experts;
+pub mod memory;
 pub mod model;
 pub mod npy;
 pub mod sampler;
@@ -30,7 +38,7 @@ use cheems_kernels::matmul::Activations;
 use cheems_kernels::matvec::Activation;
 
 pub use config::{Arch, Config};
-pub use model::Model;
+pub use model::{LoadOptions, Model};
 pub use session::{Session, SessionOptions};
 
 /// What a block needs to multiply by weights: the mapped file, the session's thread pool and

@@ -22,6 +22,8 @@ enum Command {
     Info(cmd::info::Args),
     /// Generate text from a prompt.
     Run(cmd::run::Args),
+    /// Chat with a model through its chat template (interactive, or one turn per input line).
+    Chat(cmd::chat::Args),
     /// Write the logits after each token to a .npy file.
     Logits(cmd::logits::Args),
     /// Perplexity of the model over a text file.
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),

@@ -1,5 +1,6 @@
-//! A session: one sequence's state (KV caches, DMA caches, SSD states, position) and scratch,
-//! sized once when it is opened. Decoding allocates nothing.
+//! A session: one sequence's state (KV caches, DMA caches, SSD states, position), scratch, and
+//! the CDMoE expert cache when the model bounds it, all sized once when it is opened. Decoding
+//! allocates nothing.
 
 use std::sync::Arc;
 
@@ -13,6 +14,8 @@ use crate::blocks::cdmoe::MoeScratch;
 use crate::blocks::dma::DmaCache;
 use crate::blocks::norm::rmsnorm;
 use crate::blocks::ssd::{SsdScratch, SsdState};
+use crate::experts::{ExpertCache, ExpertStats};
+use crate::memory::{Category, Region};
 use crate::model::{Ffn, Mixer, Model};
 use crate::Ctx;
 
@@ -55,6 +58,8 @@ pub struct Session {
     pos: usize,
     states: Vec<State>,
     sc: Scratch,
+    /// CDMoE expert records, when the model bounds them (`LoadOptions::expert_cache_bytes`).
+    experts: Option<ExpertCache>,
     /// When enabled, the residual stream after the embedding and after each layer ([L+1][d_model]).
     trace: Option<Vec<f32>>,
 }
@@ -117,12 +122,17 @@ impl Session {
             tmp: vec![0.0; MAX_BATCH * widest_rows],
             logits: vec![0.0; c.n_vocab],
         };
+        let experts = match &model.experts {
+            Some(src) => Some(ExpertCache::new(src, c.n_experts_used)?),
+            None => None,
+        };
         Ok(Session {
             model,
             pool,
             pos: 0,
             states,
             sc,
+            experts,
             trace: None,
         })
     }
@@ -150,38 +160,92 @@ impl Session {
 
     /// Bytes the session holds: (state, scratch). Fixed when it is opened: SSD states and DMA
     /// caches have constant size; a llama KV cache is allocated for `ctx` positions up front.
+    /// (The expert cache, if any, is [`Session::expert_cache`].)
     pub fn memory_bytes(&self) -> (usize, usize) {
-        let f = std::mem::size_of::<f32>();
-        let state: usize = self
-            .states
-            .iter()
-            .map(|s| match s {
-                State::Kv(kv) => (kv.k.len() + kv.v.len()) * f,
-                State::Dma(d) => (d.k.len() + d.v.len() + d.score.len()) * f + d.pos.len() * 8,
-                State::Ssd(st) => (st.conv.len() + st.ssm.len()) * f,
-            })
-            .sum();
-        let sc = &self.sc;
-        let mut scratch =
-            (sc.x.len() + sc.xb.len() + sc.xb2.len() + sc.h1.len() + sc.h2.len() + sc.logits.len())
-                * f;
-        scratch += (sc.attn.q.len()
-            + sc.attn.k.len()
-            + sc.attn.v.len()
-            + sc.attn.out.len()
-            + sc.attn.att.len())
-            * f;
-        if let Some(s) = &sc.ssd {
-            scratch += (s.zxbcdt.len()
-                + s.xbc.len()
-                + s.y.len()
-                + s.dt.len()
-                + s.da.len()
-                + s.cb.len()
-                + s.acum.len())
-                * f;
+        let sum = |c: Category| {
+            self.memory_regions()
+                .iter()
+                .filter(|r| r.category == c)
+                .map(|r| r.len)
+                .sum()
+        };
+        (sum(Category::State), sum(Category::Scratch))
+    }
+
+    /// The expert cache, when the model bounds expert memory.
+    pub fn expert_cache(&self) -> Option<&ExpertCache> {
+        self.experts.as_ref()
+    }
+
+    /// Hits, misses and bytes read of the expert cache so far.
+    pub fn expert_stats(&self) -> Option<ExpertStats> {
+        self.experts.as_ref().map(ExpertCache::stats)
+    }
+
+    /// Every buffer the session owns, by category (state, scratch, expert cache), for memory
+    /// reports.
+    pub fn memory_regions(&self) -> Vec<Region> {
+        fn push<T>(out: &mut Vec<Region>, category: Category, v: &[T]) {
+            out.push(Region {
+                category,
+                addr: v.as_ptr() as usize,
+                len: size_of_val(v),
+            });
         }
-        (state, scratch)
+        let mut out = Vec::new();
+        let state = Category::State;
+        for s in &self.states {
+            match s {
+                State::Kv(kv) => {
+                    push(&mut out, state, &kv.k);
+                    push(&mut out, state, &kv.v);
+                }
+                State::Dma(d) => {
+                    push(&mut out, state, &d.k);
+                    push(&mut out, state, &d.v);
+                    push(&mut out, state, &d.score);
+                    push(&mut out, state, &d.pos);
+                    push(&mut out, state, &d.len);
+                }
+                State::Ssd(st) => {
+                    push(&mut out, state, &st.conv);
+                    push(&mut out, state, &st.ssm);
+                }
+            }
+        }
+        let sc = &self.sc;
+        let mut scratch = vec![
+            &sc.x[..],
+            &sc.xb,
+            &sc.xb2,
+            &sc.h1,
+            &sc.h2,
+            &sc.logits,
+            &sc.tmp,
+            &sc.attn.q,
+            &sc.attn.k,
+            &sc.attn.v,
+            &sc.attn.out,
+            &sc.attn.att,
+        ];
+        if let Some(s) = &sc.ssd {
+            scratch.extend([&s.zxbcdt[..], &s.xbc, &s.y, &s.dt, &s.da, &s.work]);
+        }
+        if let Some(m) = &sc.moe {
+            scratch.extend([&m.router[..], &m.row]);
+        }
+        for v in scratch {
+            push(&mut out, Category::Scratch, v);
+        }
+        if let Some(c) = &self.experts {
+            let (addr, len) = c.region();
+            out.push(Region {
+                category: Category::ExpertCache,
+                addr,
+                len,
+            });
+        }
+        out
     }
 
     /// A copy of everything the session remembers (KV caches only as far as they are filled).
@@ -275,6 +339,61 @@ impl Session {
         self.restore(&snap)
     }
 
+    /// Positions a plain-attention (llama) KV cache holds, or `None` when the model keeps a
+    /// constant-size state instead (SSD states, DMA caches).
+    pub fn context_capacity(&self) -> Option<usize> {
+        self.states.iter().find_map(|s| match s {
+            State::Kv(kv) => Some(kv.capacity),
+            _ => None,
+        })
+    }
+
+    /// llama.cpp's context shift: drops the oldest half of the tokens after the first `keep`
+    /// from every KV cache, moves the later ones down, and re-rotates their cached keys (keys
+    /// are cached after RoPE) for their new positions; the session continues at
+    /// `pos - dropped`. Returns the number of tokens dropped. For plain attention (llama) only.
+    /// On an error the session is unchanged.
+    pub fn context_shift(&mut self, keep: usize) -> Result<usize> {
+        let held = self.pos;
+        let drop = held.saturating_sub(keep) / 2;
+        if self.context_capacity().is_none() {
+            bail!(
+                "context shift applies to plain attention (llama); {} keeps a constant-size state",
+                self.model.config.arch.name()
+            );
+        }
+        if drop == 0 {
+            bail!("nothing to drop: {held} tokens held, the first {keep} kept");
+        }
+        let rope = self
+            .model
+            .rope
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("attention without RoPE"))?;
+        let half = rope.cfg.dim / 2;
+        let (cos, rest) = self.sc.tmp.split_at_mut(half);
+        let sin = &mut rest[..half];
+        for s in &mut self.states {
+            if let State::Kv(kv) = s {
+                let row = kv.k.len() / kv.capacity.max(1);
+                kv.k.copy_within((keep + drop) * row..held * row, keep * row);
+                kv.v.copy_within((keep + drop) * row..held * row, keep * row);
+                kv.len = held - drop;
+            }
+        }
+        for j in keep..held - drop {
+            rope.shift(j + drop, j, cos, sin);
+            for s in &mut self.states {
+                if let State::Kv(kv) = s {
+                    let row = kv.k.len() / kv.capacity.max(1);
+                    rope.rotate(&mut kv.k[j * row..(j + 1) * row], cos, sin);
+                }
+            }
+        }
+        self.pos = held - drop;
+        Ok(drop)
+    }
+
     /// Records the residual stream after every layer of each following token.
     pub fn set_trace(&mut self, on: bool) {
         let c = &self.model.config;
@@ -310,7 +429,9 @@ impl Session {
         Ok(())
     }
 
-    /// Feeds one token; returns the logits that predict the next.
+    /// Feeds one token; returns the logits that predict the next. (An error reading expert
+    /// records from the file, the one failure possible once the token is checked, leaves the
+    /// sequence part-way through the token: reset or restore the session after it.)
     pub fn decode(&mut self, token: u32) -> Result<&[f32]> {
         self.check(&[token])?;
         self.forward(&[token], None)?;
@@ -459,7 +580,7 @@ impl Session {
                         let s = moe
                             .as_mut()
                             .ok_or_else(|| anyhow::anyhow!("MoE scratch missing"))?;
-                        m.forward(&mut cx, xs, h1, h2, s, out);
+                        m.forward(&mut cx, xs, h1, h2, s, self.experts.as_mut(), out)?;
                     }
                 }
                 for t in 0..n {

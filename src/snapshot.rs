@@ -79,6 +79,11 @@ impl SessionState {
             .with_context(|| format!("write {}", path.display()))
     }
 
+    /// Writes the state in the file layout to any writer (a buffer in memory).
+    pub fn write_to(&self, w: &mut impl Write) -> Result<()> {
+        self.write(w).context("write the state")
+    }
+
     fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
         w.write_all(MAGIC)?;
         w.write_all(&VERSION.to_le_bytes())?;
@@ -133,6 +138,12 @@ impl SessionState {
         };
         Self::read(&mut r, like, kv_capacity)
             .with_context(|| format!("{} is not a usable state file", path.display()))
+    }
+
+    /// Reads a state in the file layout from any reader (bytes in memory), with the checks of
+    /// [`SessionState::load`].
+    pub fn read_from(r: impl Read, like: &SessionState, kv_capacity: usize) -> Result<Self> {
+        Self::read(&mut Reader { r }, like, kv_capacity)
     }
 
     fn read(r: &mut Reader<impl Read>, like: &SessionState, kv_capacity: usize) -> Result<Self> {

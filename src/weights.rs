@@ -34,6 +34,11 @@ impl Mat {
     pub fn row_bytes(&self) -> usize {
         self.len / self.rows.max(1)
     }
+
+    /// Where the matrix lies in the file.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.off..self.off + self.len
+    }
 }
 
 /// Types the engine computes with.

@@ -412,3 +412,151 @@ fn bench_refuses_bad_arguments() {
         "junk.gguf",
     );
 }
+
+#[test]
+fn bench_and_run_report_the_expert_cache_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = synth_tiny(dir.path(), "tiny-doge-moe", GgmlType::Q8_0, 0);
+    let f = path.to_str().unwrap();
+    // 0.02 MiB: 64 of the 128 records (a quarter of a MiB would hold them all).
+    let j = bench_json(&[
+        "bench",
+        f,
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "2",
+        "-t",
+        "1",
+        "--json",
+        "--mem",
+        "--expert-cache",
+        "0.02",
+    ]);
+    let e = &j["experts"];
+    assert!(e["cache_bytes"].as_u64().unwrap() <= 20971, "{j}");
+    assert!(e["cache_records"].as_u64().unwrap() >= 4, "{j}");
+    for test in ["pp", "tg"] {
+        let (hits, misses) = (e[test]["hits"].as_u64(), e[test]["misses"].as_u64());
+        assert!(hits.unwrap() + misses.unwrap() > 0, "{j}");
+        assert!(e[test]["bytes_read"].as_u64().is_some(), "{j}");
+    }
+    let m = &j["mem"];
+    assert!(
+        m["peak_rss"].as_u64().unwrap() >= m["rss"].as_u64().unwrap(),
+        "{j}"
+    );
+    let cat = |c: &str, k: &str| m["categories"][c][k].as_u64().unwrap();
+    assert_eq!(cat("expert tables", "mapped"), 0, "{j}");
+    assert!(
+        cat("dense weights", "mapped") > 0 && cat("expert cache", "bytes") > 0,
+        "{j}"
+    );
+    assert!(
+        cat("state", "bytes") > 0 && cat("scratch", "bytes") > 0,
+        "{j}"
+    );
+    // The table says the same.
+    let out = cheems(&[
+        "bench",
+        f,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--mem",
+        "--expert-cache",
+        "0.02",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    for needle in [
+        "expert cache: 0.02 MiB",
+        "tg: ",
+        "misses",
+        "peak RSS (VmHWM)",
+        "| dense weights",
+    ] {
+        assert!(table.contains(needle), "{needle:?} missing:\n{table}");
+    }
+    // `run -v` reports the cache, and greedy text is the same with and without it.
+    let run = |extra: &[&str]| {
+        let args = [
+            &[
+                "run",
+                f,
+                "-p",
+                "abc",
+                "-n",
+                "24",
+                "--temp",
+                "0",
+                "--ignore-eos",
+            ],
+            extra,
+        ]
+        .concat();
+        let out = cheems(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (free, _) = run(&[]);
+    let (bounded, err) = run(&["-v", "--expert-cache", "0.02", "--no-mmap"]);
+    assert_eq!(bounded, free);
+    assert!(
+        err.contains("read into memory") && err.contains("expert cache 0.02 MiB"),
+        "{err}"
+    );
+    assert!(err.contains("experts: ") && err.contains("misses"), "{err}");
+    // A bound that cannot hold one token's experts is a clean error.
+    assert_clean_error(
+        &cheems(&["bench", f, "-n", "4", "--expert-cache", "0.001"]),
+        "tiny cache",
+        "expert cache",
+    );
+    assert_clean_error(
+        &cheems(&["run", f, "-p", "a", "--expert-cache=-2"]),
+        "negative cache",
+        "--expert-cache",
+    );
+}
+
+#[test]
+fn run_stops_at_a_full_context_or_shifts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = synth_tiny(dir.path(), "tiny-llama", GgmlType::Q8_0, 0);
+    let f = path.to_str().unwrap();
+    let base = [
+        "run",
+        f,
+        "-p",
+        "hello",
+        "--ctx",
+        "16",
+        "-n",
+        "60",
+        "--temp",
+        "0",
+        "--ignore-eos",
+    ];
+    let out = cheems(&base);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the context is full: 16 tokens") && err.contains("--context-shift"),
+        "{err}"
+    );
+    assert!(err.contains("generation: 12 tokens"), "{err}");
+    let out = cheems(&[&base[..], &["--context-shift", "--keep", "2", "-v"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("generation: 60 tokens"), "{err}");
+    assert!(
+        err.contains("context shift: dropped 7 tokens after the first 2"),
+        "{err}"
+    );
+}

@@ -323,6 +323,64 @@ fn nested_arrays_up_to_the_depth_limit_round_trip() {
     assert_eq!(GgufFile::open(&path).unwrap().metadata(), &md);
 }
 
+/// `GgufFile::read` (no map) sees what `open` sees; the tensors it leaves out read as zeros. The
+/// header here is over 1 MiB, so it is read in more than one prefix.
+#[test]
+fn read_without_a_map_keeps_the_chosen_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("owned.gguf");
+    let mut md = every_value_type();
+    md.set("test.big", "x".repeat(1_500_000));
+    let specs = vec![
+        TensorSpec::new("dense.q8_0", vec![64, 40], GgmlType::Q8_0),
+        TensorSpec::new("experts.q4_0", vec![64, 2, 60_000], GgmlType::Q4_0),
+        TensorSpec::new("tail.f32", vec![9], GgmlType::F32),
+    ];
+    let datas: Vec<Vec<u8>> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| noise(s.size().unwrap(), i as u64 + 11))
+        .collect();
+    write_file(&path, &md, &specs, &datas, 1000);
+    let mapped = GgufFile::open(&path).unwrap();
+    assert!(mapped.data_offset() > 1 << 20);
+    let all = GgufFile::read(&path, &|_| true).unwrap();
+    assert_eq!(all.bytes(), mapped.bytes());
+    assert_eq!(all.bytes().as_ptr() as usize % 64, 0);
+    assert_eq!(all.path(), Some(path.as_path()));
+    let some = GgufFile::read(&path, &|t| !t.name.starts_with("experts")).unwrap();
+    assert_eq!(some.metadata(), mapped.metadata());
+    assert_eq!(some.tensors(), mapped.tensors());
+    for (t, data) in some.tensors().iter().zip(&datas) {
+        if t.name.starts_with("experts") {
+            // Read only as far as the last header prefix reached (at most twice the header).
+            let start = some.data_offset() + t.offset as usize;
+            let got = some.tensor_data(t);
+            let read = got.iter().zip(data).take_while(|(a, b)| a == b).count();
+            assert!(got[read..].iter().all(|&b| b == 0));
+            assert!(
+                start + read <= 2 * some.data_offset() + 64,
+                "{read} bytes read"
+            );
+            assert!(read < t.size / 2, "{read} of {} bytes read", t.size);
+        } else {
+            assert_eq!(some.tensor_data(t), data.as_slice(), "{}", t.name);
+        }
+    }
+    // Errors name the file, as `open`'s do.
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x02\0\0\0").unwrap();
+    let e = GgufFile::read(&bad, &|_| true).unwrap_err().to_string();
+    assert!(e.contains("bad.gguf") && e.contains("version 2"), "{e}");
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &std::fs::read(&path).unwrap()[..1 << 19]).unwrap();
+    let e = GgufFile::read(&cut, &|_| true).unwrap_err().to_string();
+    assert!(
+        e.contains("cut.gguf") && e.contains("end of the file"),
+        "{e}"
+    );
+}
+
 #[test]
 fn open_errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! `h / (n_heads / n_kv_heads)`.
 
 use anyhow::{bail, Result};
+use cheems_kernels::vecops;
 
 use super::rope::RopeTable;
 use crate::config::Config;
@@ -79,12 +80,12 @@ pub fn attend<'a>(
 ) {
     let att = &mut att[..n];
     for (j, a) in att.iter_mut().enumerate() {
-        *a = q.iter().zip(key(j)).map(|(a, b)| a * b).sum::<f32>() * scale + bias(j);
+        *a = vecops::dot(q, key(j)) * scale + bias(j);
     }
     softmax(att);
     out.fill(0.0);
     for (j, &a) in att.iter().enumerate() {
-        out.iter_mut().zip(value(j)).for_each(|(o, v)| *o += a * v);
+        vecops::axpy(a, value(j), out);
     }
 }
 

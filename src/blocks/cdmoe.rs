@@ -6,12 +6,18 @@
 //! Routing: `r = W_router b`, halves `rx`, `ry` of `nk` scores; expert `(i, j)` scores
 //! `rx_i + ry_j`. The top k of the `nk²` sums are found exactly from the top `min(k, nk)` of each
 //! half. Among equal sums the lower expert id wins (the reference leaves ties unspecified).
+//!
+//! The rows are read in place from the map, or, with an expert cache ([`crate::experts`]), from
+//! the records the cache fetched: the first token's routing is computed before the shared MLP so
+//! that its missing records are read while the MLP runs.
 
 use anyhow::{bail, Result};
+use cheems_formats::GgmlType;
 use cheems_kernels::matvec::{row_axpy, row_dot};
 
 use super::mlp::{silu, Mlp};
 use crate::config::Config;
+use crate::experts::ExpertCache;
 use crate::weights::{Binder, Mat};
 use crate::Ctx;
 
@@ -25,6 +31,14 @@ pub enum Experts {
 }
 
 impl Experts {
+    /// The stored type of the rows.
+    pub fn ty(&self) -> GgmlType {
+        match self {
+            Experts::Records(m) => m.ty,
+            Experts::Tables { down, .. } => down.ty,
+        }
+    }
+
     fn rows<'a>(&self, map: &'a [u8], e: usize) -> (cheems_formats::GgmlType, &'a [u8], &'a [u8]) {
         match self {
             Experts::Records(m) => {
@@ -44,6 +58,8 @@ pub struct CdMoe {
     pub experts: Experts,
     pub n_keys: usize,
     pub n_used: usize,
+    /// The layer's index (its experts' key in an expert cache).
+    pub layer: usize,
 }
 
 /// Per-token scratch of CDMoE layers (sized once).
@@ -68,6 +84,11 @@ impl MoeScratch {
             cand: vec![(0.0, 0); m * m],
             row: vec![0.0; c.d_model],
         }
+    }
+
+    /// The experts [`route`] chose (the first `k` candidates).
+    pub fn chosen(&self, k: usize) -> impl Iterator<Item = usize> + Clone + '_ {
+        self.cand[..k].iter().map(|c| c.1)
     }
 }
 
@@ -136,11 +157,13 @@ impl CdMoe {
             experts,
             n_keys: nk,
             n_used: c.n_experts_used,
+            layer,
         })
     }
 
     /// `out[t] = MLP(xs[t]) + Σ_m silu(down_m · xs[t]) · w_m · up_m` for the rows of `xs`,
-    /// each routed on its own (natural per-token routing).
+    /// each routed on its own (natural per-token routing). With `cache`, the experts' rows come
+    /// from it (fails only when reading records from the file fails).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -149,25 +172,46 @@ impl CdMoe {
         h1: &mut [f32],
         h2: &mut [f32],
         s: &mut MoeScratch,
+        mut cache: Option<&mut ExpertCache>,
         out: &mut [f32],
-    ) {
-        let h = self.router.cols;
+    ) -> Result<()> {
+        let (h, k) = (self.router.cols, self.n_used);
+        let ty = self.experts.ty();
+        // The first token's experts are fetched while the shared MLP runs.
+        let (mut max, mut total) = self.route(cx, &xs[..h], s);
+        if let Some(c) = cache.as_deref_mut() {
+            c.request(self.layer, s.chosen(k), true)?;
+        }
         self.shared.forward(cx, xs, h1, h2, out);
-        let expert_ty = match &self.experts {
-            Experts::Records(mm) => mm.ty,
-            Experts::Tables { down, .. } => down.ty,
-        };
-        for (x, out) in xs.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-            cx.matvec(&self.router, x, &mut s.router);
-            let (max, total) = route(self.n_keys, self.n_used, s);
-            cx.act.quantize_for(expert_ty, x);
-            for &(score, e) in s.cand[..self.n_used].iter() {
+        for (t, (x, out)) in xs.chunks_exact(h).zip(out.chunks_exact_mut(h)).enumerate() {
+            if t > 0 {
+                (max, total) = self.route(cx, x, s);
+                if let Some(c) = cache.as_deref_mut() {
+                    c.request(self.layer, s.chosen(k), false)?;
+                }
+            }
+            if let Some(c) = cache.as_deref_mut() {
+                c.wait()?;
+            }
+            cx.act.quantize_for(ty, x);
+            for (i, &(score, e)) in s.cand[..k].iter().enumerate() {
                 let w = (score - max).exp() / total;
-                let (ty, down, up) = self.experts.rows(cx.map, e);
+                let (ty, down, up) = match cache.as_deref() {
+                    Some(c) => c.rows(i),
+                    None => self.experts.rows(cx.map, e),
+                };
                 let alpha = silu(row_dot(ty, down, cx.act, x)) * w;
                 row_axpy(ty, up, alpha, out, &mut s.row);
             }
         }
+        Ok(())
+    }
+
+    /// Routes one token: the chosen experts in `s.cand[..k]`; returns the largest score and the
+    /// softmax denominator.
+    fn route(&self, cx: &mut Ctx<'_>, x: &[f32], s: &mut MoeScratch) -> (f32, f32) {
+        cx.matvec(&self.router, x, &mut s.router);
+        route(self.n_keys, self.n_used, s)
     }
 }
 

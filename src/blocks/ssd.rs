@@ -3,6 +3,7 @@
 //! `[n_heads][head_dim][d_state]` SSM state.
 
 use anyhow::Result;
+use cheems_kernels::vecops;
 
 use super::attention::add_bias;
 use super::mlp::silu;
@@ -70,10 +71,46 @@ pub struct SsdScratch {
     /// [batch][n_heads]: Δ and Δ·A of each token
     pub dt: Vec<f32>,
     pub da: Vec<f32>,
-    /// [CHUNK][CHUNK]: (C_l · B_s)·decay·Δ_s of one head in a chunk
-    pub cb: Vec<f32>,
-    /// [CHUNK]: cumulative Δ·A within a chunk
-    pub acum: Vec<f32>,
+    /// [n_heads][head work]: each head's scan runs on its own thread with its own region
+    /// (see [`HeadWork`]).
+    pub work: Vec<f32>,
+    /// Floats of one head's region.
+    pub work_len: usize,
+}
+
+/// One head's region of [`SsdScratch::work`]: its state `[P][N]` (copied in and out), the
+/// chunk's `(C_l · B_s)·decay·Δ_s` `[CHUNK][CHUNK]`, the cumulative Δ·A `[CHUNK]` and its
+/// exponentials `[CHUNK]`, the per-token decay weights `[CHUNK]`, and the head's outputs
+/// `[batch][P]`.
+struct HeadWork<'a> {
+    state: &'a mut [f32],
+    cb: &'a mut [f32],
+    acum: &'a mut [f32],
+    eacum: &'a mut [f32],
+    w: &'a mut [f32],
+    y: &'a mut [f32],
+}
+
+impl<'a> HeadWork<'a> {
+    fn len(p: usize, n: usize, batch: usize) -> usize {
+        p * n + CHUNK * CHUNK + 3 * CHUNK + batch * p
+    }
+
+    fn split(buf: &'a mut [f32], p: usize, n: usize) -> Self {
+        let (state, r) = buf.split_at_mut(p * n);
+        let (cb, r) = r.split_at_mut(CHUNK * CHUNK);
+        let (acum, r) = r.split_at_mut(CHUNK);
+        let (eacum, r) = r.split_at_mut(CHUNK);
+        let (w, y) = r.split_at_mut(CHUNK);
+        HeadWork {
+            state,
+            cb,
+            acum,
+            eacum,
+            w,
+            y,
+        }
+    }
 }
 
 /// Tokens per chunk of the chunked scan. The result does not depend on it (the chunked form is
@@ -89,8 +126,8 @@ impl SsdScratch {
             y: vec![0.0; b * c.d_inner],
             dt: vec![0.0; b * c.n_heads],
             da: vec![0.0; b * c.n_heads],
-            cb: vec![0.0; CHUNK * CHUNK],
-            acum: vec![0.0; CHUNK],
+            work: vec![0.0; c.n_heads * HeadWork::len(c.head_dim, c.d_state, b)],
+            work_len: HeadWork::len(c.head_dim, c.d_state, b),
         }
     }
 }
@@ -255,61 +292,77 @@ impl Ssd {
                 s.da[t * nh + h] = dt * self.a[h];
             }
         }
+        // The scan: heads are independent, one task per head, each over every chunk.
         let heads_per_group = nh / c.n_groups;
-        let mut c0 = 0;
-        while c0 < t_len {
-            let q = CHUNK.min(t_len - c0);
-            for h in 0..nh {
-                let g = h / heads_per_group;
-                let boff = di + g * n;
-                let coff = di + c.n_groups * n + g * n;
-                // C_l · B_s for s <= l (recomputed per head; shared by the heads of a group).
+        let wl = s.work_len;
+        for (h, wk) in s.work.chunks_exact_mut(wl).enumerate() {
+            wk[..p * n].copy_from_slice(&st.ssm[h * p * n..(h + 1) * p * n]);
+        }
+        let (xbc, dts, das) = (&s.xbc, &s.dt, &s.da);
+        let d_skip = &self.d;
+        cx.pool.for_chunks_mut(&mut s.work, wl, &|h, buf| {
+            let wk = HeadWork::split(buf, p, n);
+            let g = h / heads_per_group;
+            let boff = di + g * n;
+            let coff = di + c.n_groups * n + g * n;
+            let x_at = |t: usize| &xbc[t * cd + h * p..t * cd + (h + 1) * p];
+            let b_at = |t: usize| &xbc[t * cd + boff..t * cd + boff + n];
+            let c_at = |t: usize| &xbc[t * cd + coff..t * cd + coff + n];
+            let mut c0 = 0;
+            while c0 < t_len {
+                let q = CHUNK.min(t_len - c0);
                 let mut acc = 0.0;
                 for l in 0..q {
-                    acc += s.da[(c0 + l) * nh + h];
-                    s.acum[l] = acc;
+                    acc += das[(c0 + l) * nh + h];
+                    wk.acum[l] = acc;
+                    wk.eacum[l] = acc.exp();
+                }
+                let total = wk.acum[q - 1];
+                // C_l · B_s for s <= l, decayed and times Δ_s.
+                for l in 0..q {
+                    let cl = c_at(c0 + l);
+                    for j in 0..=l {
+                        wk.cb[l * CHUNK + j] = vecops::dot(cl, b_at(c0 + j))
+                            * (wk.acum[l] - wk.acum[j]).exp()
+                            * dts[(c0 + j) * nh + h];
+                    }
                 }
                 for l in 0..q {
-                    let cl = &s.xbc[(c0 + l) * cd + coff..(c0 + l) * cd + coff + n];
+                    let tl = c0 + l;
+                    let y = &mut wk.y[tl * p..(tl + 1) * p];
+                    // Off-diagonal: the state entering the chunk, decayed to l.
+                    let cl = c_at(tl);
+                    for (i, yi) in y.iter_mut().enumerate() {
+                        *yi = wk.eacum[l] * vecops::dot(&wk.state[i * n..(i + 1) * n], cl);
+                    }
+                    // Diagonal: tokens of this chunk up to l.
                     for j in 0..=l {
-                        let bs = &s.xbc[(c0 + j) * cd + boff..(c0 + j) * cd + boff + n];
-                        let dot: f32 = cl.iter().zip(bs).map(|(a, b)| a * b).sum();
-                        s.cb[l * CHUNK + j] =
-                            dot * (s.acum[l] - s.acum[j]).exp() * s.dt[(c0 + j) * nh + h];
+                        vecops::axpy(wk.cb[l * CHUNK + j], x_at(c0 + j), y);
                     }
+                    vecops::axpy(d_skip[h], x_at(tl), y);
                 }
-                let state = &mut st.ssm[h * p * n..(h + 1) * p * n];
+                // The state leaving the chunk.
+                for j in 0..q {
+                    wk.w[j] = (total - wk.acum[j]).exp() * dts[(c0 + j) * nh + h];
+                }
+                let et = total.exp();
                 for i in 0..p {
-                    let srow = &mut state[i * n..(i + 1) * n];
-                    for l in 0..q {
-                        let tl = c0 + l;
-                        let cl = &s.xbc[tl * cd + coff..tl * cd + coff + n];
-                        // Off-diagonal: the state entering the chunk, decayed to l.
-                        let mut y =
-                            s.acum[l].exp() * srow.iter().zip(cl).map(|(a, b)| a * b).sum::<f32>();
-                        // Diagonal: tokens of this chunk up to l.
-                        for j in 0..=l {
-                            y += s.cb[l * CHUNK + j] * s.xbc[(c0 + j) * cd + h * p + i];
-                        }
-                        let xi = s.xbc[tl * cd + h * p + i];
-                        s.y[tl * di + h * p + i] = y + self.d[h] * xi;
-                    }
-                    // The state leaving the chunk.
-                    let total = s.acum[q - 1];
-                    for v in srow.iter_mut() {
-                        *v *= total.exp();
-                    }
+                    let srow = &mut wk.state[i * n..(i + 1) * n];
+                    srow.iter_mut().for_each(|v| *v *= et);
                     for j in 0..q {
-                        let tj = c0 + j;
-                        let w = (total - s.acum[j]).exp()
-                            * s.dt[tj * nh + h]
-                            * s.xbc[tj * cd + h * p + i];
-                        let bs = &s.xbc[tj * cd + boff..tj * cd + boff + n];
-                        srow.iter_mut().zip(bs).for_each(|(v, b)| *v += w * b);
+                        vecops::axpy(wk.w[j] * x_at(c0 + j)[i], b_at(c0 + j), srow);
                     }
                 }
+                c0 += q;
             }
-            c0 += q;
+        });
+        for (h, wk) in s.work.chunks_exact(wl).enumerate() {
+            st.ssm[h * p * n..(h + 1) * p * n].copy_from_slice(&wk[..p * n]);
+            let y0 = p * n + CHUNK * CHUNK + 3 * CHUNK;
+            for t in 0..t_len {
+                s.y[t * di + h * p..t * di + (h + 1) * p]
+                    .copy_from_slice(&wk[y0 + t * p..y0 + (t + 1) * p]);
+            }
         }
         for t in 0..t_len {
             let z = &s.zxbcdt[t * rows..t * rows + di];

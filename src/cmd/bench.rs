@@ -7,15 +7,25 @@
 //! prompt, as llama-bench's `tg`), fed random tokens. A warm-up run (a short prefill and one
 //! decode) comes first. The report gives the median, minimum, maximum and standard deviation of
 //! the tokens per second of every test, as a table or, with `--json`, one JSON object on stdout.
+//!
+//! With `--expert-cache MIB` (CDMoE models) each test also reports the expert cache's hits,
+//! misses and bytes read over its repetitions (after the warm-up, so the generation test runs
+//! with a warm cache). `--mem` adds the peak RSS (`VmHWM`) and, by category (header, dense
+//! weights, expert tables, expert cache, state, scratch), the bytes mapped in this process
+//! (`/proc/self/pagemap`) and the bytes in memory (`mincore`; for the file, the page cache).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use cheems::experts::ExpertStats;
+use cheems::memory::{model_regions, report, rss};
 use cheems::snapshot::SessionState;
 use cheems::{Model, Session, SessionOptions};
 use cheems_formats::GgmlType;
+
+use super::run::LoadArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,6 +49,11 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Report peak RSS and resident bytes by category after the tests.
+    #[arg(long)]
+    pub mem: bool,
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 /// Tokens of the warm-up prefill at most.
@@ -111,7 +126,7 @@ pub fn run(a: Args) -> Result<()> {
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let model = Arc::new(Model::load(&a.file)?);
+    let model = Arc::new(a.load.load(&a.file)?);
     let header = Header {
         model: a.file.file_name().map_or_else(
             || a.file.display().to_string(),
@@ -128,7 +143,7 @@ pub fn run(a: Args) -> Result<()> {
     // Room for the depth, the prompt test and the generation test (plain attention only uses it).
     let ctx = a.depth + a.n_prompt + a.n_gen;
     let mut session = Session::new(
-        model,
+        model.clone(),
         &SessionOptions {
             ctx: Some(ctx),
             threads: Some(threads),
@@ -178,8 +193,11 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         String::new()
     };
+    let stats = |s: &Session| s.expert_stats().unwrap_or_default();
+    let mut experts = Vec::new();
     let mut pp = Stats { runs: Vec::new() };
     if a.n_prompt > 0 {
+        let before = stats(&session);
         for rep in 0..a.reps {
             start(&mut session, depth.as_ref())?;
             let t0 = Instant::now();
@@ -189,12 +207,14 @@ pub fn run(a: Args) -> Result<()> {
             pp.runs
                 .push(a.n_prompt as f64 / t0.elapsed().as_secs_f64().max(1e-9));
         }
+        experts.push(("pp", stats(&session).since(&before)));
         if !a.json {
             print_row(&header, &format!("pp{}{depth_label}", a.n_prompt), &pp);
         }
     }
     let mut tg = Stats { runs: Vec::new() };
     if a.n_gen > 0 {
+        let before = stats(&session);
         for rep in 0..a.reps {
             start(&mut session, depth.as_ref())?;
             let t0 = Instant::now();
@@ -206,8 +226,33 @@ pub fn run(a: Args) -> Result<()> {
             tg.runs
                 .push(a.n_gen as f64 / t0.elapsed().as_secs_f64().max(1e-9));
         }
+        experts.push(("tg", stats(&session).since(&before)));
         if !a.json {
             print_row(&header, &format!("tg{}{depth_label}", a.n_gen), &tg);
+        }
+    }
+    let cache = session.expert_cache().map(|c| (c.bytes(), c.capacity()));
+    let experts = cache.map(|c| (c, experts));
+    let mem = a.mem.then(|| memory(&model, &session));
+    if !a.json {
+        if let Some(((bytes, records), tests)) = &experts {
+            println!();
+            println!(
+                "expert cache: {:.2} MiB, {records} records",
+                bytes_mib(*bytes as u64)
+            );
+            for (test, s) in tests {
+                println!(
+                    "  {test}: {} hits, {} misses (hit rate {:.1}%), {:.2} MiB read",
+                    s.hits,
+                    s.misses,
+                    100.0 * s.hit_rate(),
+                    bytes_mib(s.bytes_read)
+                );
+            }
+        }
+        if let Some(m) = &mem {
+            print_memory(m);
         }
     }
     if a.json {
@@ -228,10 +273,91 @@ pub fn run(a: Args) -> Result<()> {
             "tg_tok_s": median(&tg),
             "pp_runs": pp.runs,
             "tg_runs": tg.runs,
+            "experts": experts.map(|((bytes, records), tests)| {
+                let mut o = serde_json::json!({"cache_bytes": bytes, "cache_records": records});
+                for (test, s) in tests {
+                    o[test] = stats_json(&s);
+                }
+                o
+            }),
+            "mem": mem.map(|m| {
+                let mut cats = serde_json::Map::new();
+                for (c, bytes, mapped, in_memory) in &m.categories {
+                    cats.insert(
+                        c.to_string(),
+                        serde_json::json!({"bytes": bytes, "mapped": mapped, "in_memory": in_memory}),
+                    );
+                }
+                serde_json::json!({
+                    "peak_rss": m.peak_rss,
+                    "rss": m.rss,
+                    "state_bytes": m.state,
+                    "categories": cats,
+                })
+            }),
         });
         println!("{out}");
     }
     Ok(())
+}
+
+fn bytes_mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+fn stats_json(s: &ExpertStats) -> serde_json::Value {
+    serde_json::json!({"hits": s.hits, "misses": s.misses, "bytes_read": s.bytes_read})
+}
+
+/// What `--mem` reports.
+#[derive(Debug)]
+struct Memory {
+    peak_rss: Option<u64>,
+    rss: Option<u64>,
+    state: usize,
+    /// (category, bytes, mapped in this process, in memory per mincore)
+    categories: Vec<(&'static str, u64, Option<u64>, Option<u64>)>,
+}
+
+fn memory(model: &Model, session: &Session) -> Memory {
+    let mut regions = model_regions(model);
+    regions.extend(session.memory_regions());
+    let now = rss();
+    Memory {
+        peak_rss: now.map(|r| r.peak),
+        rss: now.map(|r| r.current),
+        state: session.memory_bytes().0,
+        categories: report(&regions)
+            .into_iter()
+            .map(|(c, b, m, i)| (c.name(), b, m, i))
+            .collect(),
+    }
+}
+
+fn print_memory(m: &Memory) {
+    let mib = |b: Option<u64>| b.map_or("?".to_string(), |b| format!("{:.2}", bytes_mib(b)));
+    println!();
+    println!(
+        "memory: peak RSS (VmHWM) {} MiB, RSS now {} MiB",
+        mib(m.peak_rss),
+        mib(m.rss)
+    );
+    println!(
+        "| {:<14} | {:>10} | {:>22} | {:>22} |",
+        "category", "MiB", "resident, this process", "in memory (mincore)"
+    );
+    println!(
+        "| {:-<14} | {:->9}: | {:->21}: | {:->21}: |",
+        "", "", "", ""
+    );
+    for (c, bytes, mapped, in_memory) in &m.categories {
+        println!(
+            "| {c:<14} | {:>10} | {:>22} | {:>22} |",
+            mib(Some(*bytes)),
+            mib(*mapped),
+            mib(*in_memory)
+        );
+    }
 }
 
 /// Puts the session at the start of a test: empty, or holding the depth context.

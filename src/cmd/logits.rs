@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use cheems::{Model, Session, SessionOptions};
+use cheems::{Session, SessionOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,10 +26,12 @@ pub struct Args {
     /// Threads.
     #[arg(short, long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub load: super::run::LoadArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let model = Arc::new(Model::load(&a.file)?);
+    let model = Arc::new(a.load.load(&a.file)?);
     let tokens = match &a.prompt {
         Some(p) => {
             let tok = cheems::tokenizer::Tokenizer::from_metadata(model.file.metadata())?;

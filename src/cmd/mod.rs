@@ -1,6 +1,7 @@
 //! One module per subcommand: argument parsing and output; the work happens in the crates.
 
 pub mod bench;
+pub mod chat;
 pub mod info;
 pub mod logits;
 pub mod perplexity;

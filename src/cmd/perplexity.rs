@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cheems::tokenizer::Tokenizer;
-use cheems::{Model, Session, SessionOptions};
+use cheems::{Session, SessionOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,6 +22,8 @@ pub struct Args {
     /// Threads.
     #[arg(short, long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub load: super::run::LoadArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -30,7 +32,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let text =
         std::fs::read_to_string(&a.text).with_context(|| format!("read {}", a.text.display()))?;
-    let model = Arc::new(Model::load(&a.file)?);
+    let model = Arc::new(a.load.load(&a.file)?);
     let tok = Tokenizer::from_metadata(model.file.metadata())?;
     let ids = tok.encode(&text, true)?;
     if ids.len() < 2 {

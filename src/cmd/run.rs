@@ -1,4 +1,4 @@
-//! `cheems run <FILE> -p <PROMPT> [-n N] [sampling flags] [-t THREADS]`: generate text, streamed
+//! `cheems run [FILE] -p <PROMPT> [-n N] [sampling flags] [-t THREADS]`: generate text, streamed
 //! to stdout as it is produced; timings to stderr.
 
 use std::io::Write;
@@ -9,12 +9,12 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use cheems::sampler::{Sampler, SamplerParams};
 use cheems::tokenizer::{StreamDecoder, Tokenizer};
-use cheems::{Arch, Model, Session, SessionOptions};
+use cheems::{Arch, LoadOptions, Model, Session, SessionOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model file.
-    pub file: PathBuf,
+    /// Model file (default: the default model, as `cheems chat`; see `CHEEMS_MODEL`).
+    pub file: Option<PathBuf>,
     /// The prompt (BOS is added as the model's tokenizer asks; no chat template).
     #[arg(short, long)]
     pub prompt: String,
@@ -29,6 +29,15 @@ pub struct Args {
     /// Positions of a plain-attention KV cache (llama); default: the model's context, at most 4096.
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// When a plain-attention (llama) context is full, drop the oldest half of the tokens after
+    /// the kept ones and go on (llama.cpp's context shift), instead of stopping.
+    #[arg(long)]
+    pub context_shift: bool,
+    /// Prompt tokens a context shift keeps, after BOS (which is always kept).
+    #[arg(long, default_value_t = 0)]
+    pub keep: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Threads (default: available cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
@@ -41,6 +50,84 @@ pub struct Args {
     /// Print the session's memory and state-file timings to stderr.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// How the model file is held (shared by the commands that open sessions).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Bound the memory of CDMoE expert records to MIB mebibytes: a token's experts are read
+    /// from the file when its routing selects them, into a cache that evicts the least recently
+    /// used (default: no bound; records are read in place from the mapped file).
+    #[arg(long, value_name = "MIB")]
+    pub expert_cache: Option<f64>,
+    /// Read the weights into memory instead of mapping the file.
+    #[arg(long)]
+    pub no_mmap: bool,
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> Result<LoadOptions> {
+        let expert_cache_bytes = match self.expert_cache {
+            Some(m) if m.is_finite() && m > 0.0 => Some((m * (1u64 << 20) as f64) as u64),
+            Some(m) => bail!("--expert-cache must be a positive number of MiB, not {m}"),
+            None => None,
+        };
+        Ok(LoadOptions {
+            expert_cache_bytes,
+            use_mmap: !self.no_mmap,
+        })
+    }
+
+    /// Loads `path` as the flags say.
+    pub fn load(&self, path: &std::path::Path) -> Result<Model> {
+        Model::load_with(path, &self.options()?)
+    }
+}
+
+/// One line on how the weights are held and what the expert cache holds (for `-v`).
+pub fn describe_memory(model: &Model, session: &Session) -> String {
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    let (state, scratch) = session.memory_bytes();
+    let held = if model.options.use_mmap {
+        "mapped"
+    } else {
+        "read into memory"
+    };
+    let mut line = format!(
+        "memory: weights {:.1} MiB {held}, session state {:.2} MiB, scratch {:.2} MiB (fixed for the session)",
+        mib(model.file.file_size() as f64),
+        mib(state as f64),
+        mib(scratch as f64)
+    );
+    match (&model.experts, session.expert_cache()) {
+        (Some(src), Some(cache)) => {
+            line += &format!(
+                "; expert cache {:.2} MiB: {} of {} records of {} bytes ({:.2} MiB of experts in the file)",
+                mib(cache.bytes() as f64),
+                cache.capacity(),
+                src.total_bytes / src.record_bytes.max(1) as u64,
+                src.record_bytes,
+                mib(src.total_bytes as f64)
+            )
+        }
+        _ if model.options.expert_cache_bytes.is_some() => {
+            line += "; the model has no CDMoE experts (--expert-cache has no effect)"
+        }
+        _ => {}
+    }
+    line
+}
+
+/// The expert cache's counts (for `-v`), if the session has one.
+pub fn describe_experts(session: &Session) -> Option<String> {
+    let s = session.expert_stats()?;
+    Some(format!(
+        "experts: {} hits, {} misses (hit rate {:.1}%), {:.2} MiB read",
+        s.hits,
+        s.misses,
+        100.0 * s.hit_rate(),
+        s.bytes_read as f64 / (1u64 << 20) as f64
+    ))
 }
 
 /// Sampling flags shared by `run` and `chat`.
@@ -98,7 +185,16 @@ pub fn run(a: Args) -> Result<()> {
     if a.prompt.is_empty() {
         bail!("the prompt is empty (pass some text with -p)");
     }
-    let model = Arc::new(Model::load(&a.file)?);
+    let file = match &a.file {
+        Some(f) => f.clone(),
+        None => cheems::default_model::default_model_path().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no model file given and no default model found: pass one (cheems run MODEL.gguf -p ...) or set {}=MODEL.gguf",
+                cheems::default_model::ENV_VAR
+            )
+        })?,
+    };
+    let model = Arc::new(a.load.load(&file)?);
     let tok = Tokenizer::from_metadata(model.file.metadata())?;
     let prompt = tok.encode(&a.prompt, true)?;
     if prompt.is_empty() {
@@ -112,6 +208,15 @@ pub fn run(a: Args) -> Result<()> {
             prompt.len()
         );
     }
+    // Tokens a context shift keeps: BOS, then `--keep` more of the prompt.
+    let bos = usize::from(tok.adds_bos() && prompt.first() == tok.bos().as_ref());
+    let keep = (bos + a.keep).min(prompt.len());
+    if a.context_shift && c.arch == Arch::Llama && keep + 2 > ctx {
+        bail!(
+            "--keep {} leaves nothing to shift in a context of {ctx} (lower --keep or raise --ctx)",
+            a.keep
+        );
+    }
     let mut session = Session::new(
         model.clone(),
         &SessionOptions {
@@ -120,14 +225,7 @@ pub fn run(a: Args) -> Result<()> {
         },
     )?;
     if a.verbose {
-        let (state, scratch) = session.memory_bytes();
-        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
-        eprintln!(
-            "memory: weights {:.1} MiB mapped, session state {:.2} MiB, scratch {:.2} MiB (fixed for the session)",
-            mib(model.file.file_size()),
-            mib(state),
-            mib(scratch)
-        );
+        eprintln!("{}", describe_memory(&model, &session));
     }
     if let Some(p) = &a.load_state {
         let t = Instant::now();
@@ -163,9 +261,24 @@ pub fn run(a: Args) -> Result<()> {
         }
         generated += 1;
         sampler.accept(next);
-        if c.arch == Arch::Llama && session.pos() >= ctx {
-            eprintln!("\n[the context of {ctx} tokens is full]");
-            break;
+        if let Some(cap) = session
+            .context_capacity()
+            .filter(|&cap| session.pos() >= cap)
+        {
+            if !a.context_shift {
+                eprintln!(
+                    "\n[the context is full: {cap} tokens held (--ctx {cap}); stopping. \
+                     --context-shift drops the oldest half and goes on; --ctx raises the limit]"
+                );
+                break;
+            }
+            let dropped = session.context_shift(keep)?;
+            if a.verbose {
+                eprintln!(
+                    "\n[context shift: dropped {dropped} tokens after the first {keep}; {} held]",
+                    session.pos()
+                );
+            }
         }
         logits.copy_from_slice(session.decode(next)?);
     }
@@ -185,6 +298,9 @@ pub fn run(a: Args) -> Result<()> {
                 t.elapsed().as_secs_f64() * 1e3
             );
         }
+    }
+    if let Some(line) = describe_experts(&session).filter(|_| a.verbose) {
+        eprintln!("{line}");
     }
     eprintln!(
         "prompt: {} tokens in {:.1} ms ({:.1} tok/s); generation: {generated} tokens in {:.1} ms ({:.1} tok/s)",

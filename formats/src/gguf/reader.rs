@@ -126,6 +126,63 @@ impl GgufFile {
         })
     }
 
+    /// Reads `path` into an owned, 64-byte aligned buffer instead of mapping it, and validates
+    /// it. Only the header and the data of the tensors `keep` accepts are read; the bytes of the
+    /// others stay zero (the buffer is allocated zeroed, so their pages are never touched and
+    /// never resident). The header is read in prefixes, each twice the last, until it parses
+    /// within what was read, so a few bytes after it may be read too.
+    pub fn read(path: &Path, keep: &dyn Fn(&TensorInfo) -> bool) -> Result<Self> {
+        Self::read_owned(path, keep).map_err(|e| match e {
+            Error::Format(m) => Error::Format(format!("{}: {m}", path.display())),
+            Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    fn read_owned(path: &Path, keep: &dyn Fn(&TensorInfo) -> bool) -> Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+            .len();
+        let len = usize::try_from(len).map_err(|_| {
+            Error::Unsupported(format!("{len} bytes do not fit in this machine's memory"))
+        })?;
+        let mut chunks: Vec<Chunk> = bytemuck::zeroed_vec(len.div_ceil(64));
+        let all: &mut [u8] = bytemuck::cast_slice_mut(&mut chunks);
+        let buf = all.get_mut(..len).unwrap_or_default();
+        let read = |buf: &mut [u8], at: usize| {
+            file.read_exact_at(buf, at as u64)
+                .map_err(|e| Error::io(format!("read {} at byte {at}", path.display()), e))
+        };
+        // Parse what was read with zeros after it: the result stands once the data section
+        // starts within the bytes read (everything the parser looked at was real).
+        let (mut have, mut want) = (0, len.min(1 << 20));
+        let parsed = loop {
+            read(&mut buf[have..want], have)?;
+            have = want;
+            match parse(buf, Limits::default()) {
+                Ok(p) if p.data_offset <= have || have == len => break p,
+                Err(e) if have == len => return Err(e),
+                _ => want = want.saturating_mul(2).min(len),
+            }
+        };
+        for t in parsed.tensors.iter().filter(|t| keep(t)) {
+            // `parse` checked that the range lies inside the file.
+            let start = parsed.data_offset + t.offset as usize;
+            if let Some(dst) = buf.get_mut(start.max(have)..start + t.size) {
+                read(dst, start.max(have))?;
+            }
+        }
+        Ok(Self::from_parsed(
+            Storage::Owned { chunks, len },
+            Some(path.to_path_buf()),
+            parsed,
+        ))
+    }
+
     /// Copies `bytes` into an internal 64-byte aligned buffer and validates it (for tests and
     /// fuzzing).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
@@ -139,11 +196,15 @@ impl GgufFile {
 
     fn parse(storage: Storage, path: Option<PathBuf>, limits: Limits) -> Result<Self> {
         let parsed = parse(storage.bytes(), limits)?;
+        Ok(Self::from_parsed(storage, path, parsed))
+    }
+
+    fn from_parsed(storage: Storage, path: Option<PathBuf>, parsed: Parsed) -> Self {
         let mut by_name = HashMap::with_capacity(parsed.tensors.len());
         for (i, t) in parsed.tensors.iter().enumerate() {
             by_name.insert(t.name.clone(), i);
         }
-        Ok(GgufFile {
+        GgufFile {
             storage,
             path,
             version: parsed.version,
@@ -152,7 +213,7 @@ impl GgufFile {
             metadata: parsed.metadata,
             tensors: parsed.tensors,
             by_name,
-        })
+        }
     }
 
     /// The GGUF version (always 3).
