@@ -3,10 +3,15 @@
 //!
 //! Why not rayon: every `install` from a thread outside a rayon pool pushes onto rayon's injector
 //! queue, which allocates a new block every 63 jobs, and decoding must not allocate. Publishing a
-//! job here takes a lock and a condvar wake-up and allocates nothing.
+//! job here takes an uncontended lock and allocates nothing.
+//!
+//! Decoding publishes a job every few microseconds (one per matrix product), so waiting threads
+//! first spin for a short while ([`SPIN`] rounds, tens of microseconds) on the job's generation
+//! and on the count of busy workers, and only then sleep on a condvar; a wake-up is sent only to
+//! a thread that sleeps. An idle session's workers are asleep after that short spin.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -33,7 +38,17 @@ struct Shared {
     done: Condvar,
     next: AtomicUsize,
     panicked: AtomicBool,
+    /// The generation of the job published last (mirrors `State::generation` for spinners).
+    published: AtomicU64,
+    /// Workers still inside the current job (mirrors `State::busy` for the spinning caller).
+    remaining: AtomicUsize,
+    /// Workers asleep on `work`, and whether the caller sleeps on `done` (changed under the lock).
+    sleepers: AtomicUsize,
+    caller_sleeps: AtomicBool,
 }
+
+/// Spin rounds before a waiting thread sleeps (each round a `spin_loop` hint, a few ns).
+const SPIN: u32 = 20_000;
 
 /// A fixed set of worker threads. `run` is called from one thread at a time (a session's).
 pub struct Pool {
@@ -64,6 +79,10 @@ impl Pool {
             done: Condvar::new(),
             next: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            published: AtomicU64::new(0),
+            remaining: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            caller_sleeps: AtomicBool::new(false),
         });
         let mut workers = Vec::new();
         for i in 1..threads.max(1) {
@@ -103,13 +122,24 @@ impl Pool {
             st.n_chunks = n_chunks;
             st.busy = self.workers.len();
             st.generation = st.generation.wrapping_add(1);
+            s.remaining.store(self.workers.len(), Ordering::SeqCst);
+            s.published.store(st.generation, Ordering::SeqCst);
+            if s.sleepers.load(Ordering::SeqCst) > 0 {
+                s.work.notify_all();
+            }
         }
-        s.work.notify_all();
         let mine = catch_unwind(AssertUnwindSafe(|| take_chunks(s, n_chunks, f)));
+        let mut spins = 0;
+        while s.remaining.load(Ordering::Acquire) > 0 && spins < SPIN {
+            std::hint::spin_loop();
+            spins += 1;
+        }
         let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
         while st.busy > 0 {
+            s.caller_sleeps.store(true, Ordering::SeqCst);
             st = s.done.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        s.caller_sleeps.store(false, Ordering::SeqCst);
         st.job = None;
         drop(st);
         if let Err(p) = mine {
@@ -172,10 +202,17 @@ fn take_chunks(s: &Shared, n: usize, f: &(dyn Fn(usize) + Sync)) {
 fn worker(s: &Shared) {
     let mut seen = 0u64;
     loop {
+        let mut spins = 0;
+        while s.published.load(Ordering::Acquire) == seen && spins < SPIN {
+            std::hint::spin_loop();
+            spins += 1;
+        }
         let (job, n) = {
             let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
             while st.generation == seen && !st.shutdown {
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
                 st = s.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
             if st.shutdown {
                 return;
@@ -192,7 +229,8 @@ fn worker(s: &Shared) {
         }
         let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
         st.busy -= 1;
-        if st.busy == 0 {
+        s.remaining.fetch_sub(1, Ordering::Release);
+        if st.busy == 0 && s.caller_sleeps.load(Ordering::SeqCst) {
             s.done.notify_all();
         }
     }
