@@ -66,7 +66,11 @@ impl Ctx<'_> {
         if xs.len() == w.cols {
             return self.matvec(w, xs, ys);
         }
+        let m = w.get(self.map);
+        if cheems_kernels::matmul::use_gemm(&m, xs.len() / w.cols, self.tmp.len(), self.pool) {
+            return cheems_kernels::matmul::matmul_gemm(&m, xs, ys, self.tmp, self.pool);
+        }
         self.acts.quantize_for(w.ty, xs, w.cols);
-        cheems_kernels::matmul::matmul(&w.get(self.map), self.acts, xs, ys, self.tmp, self.pool);
+        cheems_kernels::matmul::matmul(&m, self.acts, xs, ys, self.tmp, self.pool);
     }
 }

@@ -119,7 +119,12 @@ impl Session {
             moe: (c.n_experts > 0).then(|| MoeScratch::new(c)),
             act: Activation::with_capacity(widest),
             acts: Activations::with_capacity(MAX_BATCH, widest),
-            tmp: vec![0.0; MAX_BATCH * widest_rows],
+            // transposition of small batches, or one dequantized weight tile per thread
+            tmp: vec![
+                0.0;
+                (MAX_BATCH * widest_rows)
+                    .max(threads.max(1) * cheems_kernels::matmul::TILE * widest)
+            ],
             logits: vec![0.0; c.n_vocab],
         };
         let experts = match &model.experts {

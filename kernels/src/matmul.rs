@@ -1,6 +1,11 @@
-//! Batched products for prefill: `Y = X Wᵀ` for a batch of activation rows. Each weight row is
-//! read from memory once per batch and multiplied with every activation row while it is in cache,
-//! so prefill stops being bound by weight bandwidth. Rows of W are split across the pool.
+//! Batched products for prefill: `Y = X Wᵀ` for a batch of activation rows.
+//!
+//! Two paths. [`matmul_gemm`] (batches of [`GEMM_MIN`] rows or more): each thread takes a
+//! contiguous range of weight rows, dequantizes tiles of [`TILE`] rows to f32 (F32 weights are
+//! used in place) and multiplies them with the whole batch with the `gemm` crate's f32 kernels,
+//! writing straight into `Y`. [`matmul`] (small batches): each weight row is read once per batch
+//! and dotted with every activation row in its partner format by the decode kernels, bit for bit
+//! what one matvec per row gives.
 
 use cheems_formats::GgmlType;
 
@@ -39,6 +44,99 @@ impl Activations {
         }
         self.n = n;
     }
+}
+
+/// Batches of at least this many rows take the dequantize-and-GEMM path.
+pub const GEMM_MIN: usize = 8;
+/// Weight rows dequantized at a time by one thread in the GEMM path.
+pub const TILE: usize = 64;
+
+/// f32 values of `tmp` the GEMM path needs for `w` on `pool` (one tile per thread).
+pub fn gemm_scratch(cols: usize, pool: &Pool) -> usize {
+    pool.threads() * TILE * cols
+}
+
+/// Whether [`matmul_gemm`] takes a batch of `n` rows of `w` with `tmp_len` values of scratch.
+pub fn use_gemm(w: &MatRef<'_>, n: usize, tmp_len: usize, pool: &Pool) -> bool {
+    n >= GEMM_MIN
+        && tmp_len >= gemm_scratch(w.cols, pool)
+        && (w.ty == GgmlType::F32
+            || cheems_formats::blocks::dequantize_row(w.ty, &[], &mut []).is_ok())
+}
+
+/// The destination of the GEMM path, shared by the threads (each writes its own columns).
+struct Dst(*mut f32);
+// SAFETY: threads write disjoint column ranges of `ys` (their own weight rows), and `ys` stays
+// mutably borrowed by `matmul_gemm` until the pool's job is done.
+unsafe impl Sync for Dst {}
+
+/// `ys[t] = W xs[t]` (`xs` `[n][cols]`, `ys` `[n][rows]`) through f32 GEMM on dequantized tiles
+/// of `W`; `tmp` holds [`gemm_scratch`] values. Call when [`use_gemm`] says so.
+pub fn matmul_gemm(w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], tmp: &mut [f32], pool: &Pool) {
+    let (cols, rows) = (w.cols, w.rows);
+    let n = xs.len() / cols.max(1);
+    assert!(ys.len() >= n * rows && tmp.len() >= gemm_scratch(cols, pool));
+    let rb = w.row_bytes();
+    let threads = pool.threads();
+    let per = rows.div_ceil(threads);
+    let in_place: Option<&[f32]> = if w.ty == GgmlType::F32 {
+        bytemuck::try_cast_slice(w.data).ok()
+    } else {
+        None
+    };
+    let dst = Dst(ys.as_mut_ptr());
+    let dst = &dst;
+    pool.for_chunks_mut(
+        &mut tmp[..threads * TILE * cols],
+        TILE * cols,
+        &|th, scratch| {
+            let mut r0 = th * per;
+            let end = ((th + 1) * per).min(rows);
+            while r0 < end {
+                let r = TILE.min(end - r0);
+                let tile: &[f32] = match in_place {
+                    Some(all) => &all[r0 * cols..(r0 + r) * cols],
+                    None => {
+                        for k in 0..r {
+                            let row = &w.data[(r0 + k) * rb..(r0 + k + 1) * rb];
+                            let out = &mut scratch[k * cols..(k + 1) * cols];
+                            if cheems_formats::blocks::dequantize_row(w.ty, row, out).is_err() {
+                                out.fill(f32::NAN); // unreachable: the type was checked by use_gemm
+                            }
+                        }
+                        &scratch[..r * cols]
+                    }
+                };
+                // SAFETY: dst is `[n][rows]` (asserted above); this thread writes columns r0..r0+r,
+                // which no other thread writes; lhs is `[n][cols]` and rhs the tile `[r][cols]` read
+                // as a `cols × r` matrix (row stride 1, column stride cols); all within bounds.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        r,
+                        cols,
+                        dst.0.add(r0),
+                        1,
+                        rows as isize,
+                        false,
+                        xs.as_ptr(),
+                        1,
+                        cols as isize,
+                        tile.as_ptr(),
+                        cols as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                r0 += r;
+            }
+        },
+    );
 }
 
 /// `ys[t] = W xs[t]` for the `n` rows of `xs` (`[n][cols]`) into `ys` (`[n][rows]`). `tmp` holds

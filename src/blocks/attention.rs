@@ -122,7 +122,8 @@ pub struct AttnScratch {
     pub k: Vec<f32>,
     pub v: Vec<f32>,
     pub out: Vec<f32>,
-    /// Attention weights of one head over the cache.
+    /// Per query head: its attention weights over the cache and its output (`[n_heads][max_keys
+    /// + 1 + head_dim]`), so heads run on different threads.
     pub att: Vec<f32>,
 }
 
@@ -138,7 +139,7 @@ impl AttnScratch {
             k: vec![0.0; b * kv],
             v: vec![0.0; b * kv],
             out: vec![0.0; b * q],
-            att: vec![0.0; max_keys + 1],
+            att: vec![0.0; c.n_heads * (max_keys + 1 + c.head_dim)],
         }
     }
 }
@@ -205,19 +206,26 @@ impl Attention {
             cache.k[at * kvd..(at + 1) * kvd].copy_from_slice(k);
             cache.v[at * kvd..(at + 1) * kvd].copy_from_slice(&s.v[t * kvd..(t + 1) * kvd]);
             cache.len += 1;
-            let (ks, vs) = (&cache.k, &cache.v);
-            for h in 0..c.n_heads {
+            let (ks, vs, len) = (&cache.k, &cache.v, cache.len);
+            let per_head = s.att.len() / c.n_heads;
+            let qs = &s.q[t * qd..(t + 1) * qd];
+            cx.pool.for_chunks_mut(&mut s.att, per_head, &|h, buf| {
                 let off = (h / group) * hd;
+                let (att, out) = buf.split_at_mut(per_head - hd);
                 attend(
-                    &s.q[t * qd + h * hd..t * qd + (h + 1) * hd],
-                    cache.len,
+                    &qs[h * hd..(h + 1) * hd],
+                    len,
                     |j| &ks[j * kvd + off..j * kvd + off + hd],
                     |j| &vs[j * kvd + off..j * kvd + off + hd],
                     |_| 0.0,
                     scale,
-                    &mut s.att,
-                    &mut s.out[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    att,
+                    out,
                 );
+            });
+            for (h, buf) in s.att.chunks_exact(per_head).enumerate() {
+                s.out[t * qd + h * hd..t * qd + (h + 1) * hd]
+                    .copy_from_slice(&buf[per_head - hd..]);
             }
         }
         self.proj.output(cx, s, n, out);

@@ -169,19 +169,26 @@ impl Dma {
                 );
                 cache.insert(g, k, v, score, pos + t);
             }
-            let (ks, vs, sc) = (&cache.k, &cache.v, &cache.score);
-            for h in 0..c.n_heads {
+            let (ks, vs, sc, lens) = (&cache.k, &cache.v, &cache.score, &cache.len);
+            let per_head = s.att.len() / c.n_heads;
+            let qs = &s.q[t * qd..(t + 1) * qd];
+            cx.pool.for_chunks_mut(&mut s.att, per_head, &|h, buf| {
                 let base = (h / group) * kw;
+                let (att, out) = buf.split_at_mut(per_head - hd);
                 attend(
-                    &s.q[t * qd + h * hd..t * qd + (h + 1) * hd],
-                    cache.len[h / group],
+                    &qs[h * hd..(h + 1) * hd],
+                    lens[h / group],
                     |j| &ks[(base + j) * hd..(base + j + 1) * hd],
                     |j| &vs[(base + j) * hd..(base + j + 1) * hd],
                     |j| sc[base + j],
                     scale,
-                    &mut s.att,
-                    &mut s.out[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    att,
+                    out,
                 );
+            });
+            for (h, buf) in s.att.chunks_exact(per_head).enumerate() {
+                s.out[t * qd + h * hd..t * qd + (h + 1) * hd]
+                    .copy_from_slice(&buf[per_head - hd..]);
             }
         }
         self.proj.output(cx, s, n, out);
