@@ -226,4 +226,75 @@ mod tests {
             }
         }
     }
+
+    /// The GEMM path against a plain f64 product with the weights dequantized by the scalar
+    /// reference, for every weight type, with row counts that split unevenly across threads
+    /// and tiles.
+    #[test]
+    fn gemm_path_equals_the_dequantized_product() {
+        let pool = Pool::new(2).unwrap();
+        let (rows, cols, n) = (3 * TILE + 5, 256, GEMM_MIN + 3);
+        let mut s = 7u64;
+        let mut rnd = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let xs: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+        let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            let rb = ty.row_bytes(cols).unwrap();
+            let mut data = vec![0u8; rows * rb];
+            let mut deq = vec![0f32; rows * cols];
+            for (r, dst) in data.chunks_exact_mut(rb).enumerate() {
+                quantize_row(ty, &wf[r * cols..(r + 1) * cols], dst).unwrap();
+                cheems_formats::blocks::dequantize_row(ty, dst, &mut deq[r * cols..(r + 1) * cols])
+                    .unwrap();
+            }
+            let w = MatRef {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
+            assert!(use_gemm(&w, n, gemm_scratch(cols, &pool), &pool), "{ty}");
+            let mut ys = vec![0f32; n * rows];
+            let mut tmp = vec![0f32; gemm_scratch(cols, &pool)];
+            matmul_gemm(&w, &xs, &mut ys, &mut tmp, &pool);
+            for t in 0..n {
+                for r in 0..rows {
+                    let x = &xs[t * cols..(t + 1) * cols];
+                    let wr = &deq[r * cols..(r + 1) * cols];
+                    let want: f64 = x
+                        .iter()
+                        .zip(wr)
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum();
+                    let mag: f64 = x
+                        .iter()
+                        .zip(wr)
+                        .map(|(a, b)| f64::from((a * b).abs()))
+                        .sum();
+                    let got = f64::from(ys[t * rows + r]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag.max(1.0),
+                        "{ty} token {t} row {r}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }
