@@ -6,7 +6,7 @@
 //! job here takes an uncontended lock and allocates nothing.
 //!
 //! Decoding publishes a job every few microseconds (one per matrix product), so waiting threads
-//! first spin for a short while ([`SPIN`] rounds, tens of microseconds) on the job's generation
+//! first spin for a short while ([`SPIN`] rounds, pausing, then yielding the core) on the job's generation
 //! and on the count of busy workers, and only then sleep on a condvar; a wake-up is sent only to
 //! a thread that sleeps. An idle session's workers are asleep after that short spin.
 
@@ -47,8 +47,21 @@ struct Shared {
     caller_sleeps: AtomicBool,
 }
 
-/// Spin rounds before a waiting thread sleeps (each round a `spin_loop` hint, a few ns).
-const SPIN: u32 = 20_000;
+/// Rounds a waiting thread spins before it sleeps: the first [`SPIN_PAUSE`] are `spin_loop`
+/// hints (tens of ns each), the rest give the core away (`yield_now`), so a spinning thread does
+/// not starve the one it waits for when the machine has fewer free cores than threads.
+const SPIN: u32 = 20_200;
+const SPIN_PAUSE: u32 = 20_000;
+
+/// One round of waiting: a pause hint, or a yield once the pause rounds are spent.
+#[inline]
+fn wait_round(round: u32) {
+    if round < SPIN_PAUSE {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
 
 /// A fixed set of worker threads. `run` is called from one thread at a time (a session's).
 pub struct Pool {
@@ -131,7 +144,7 @@ impl Pool {
         let mine = catch_unwind(AssertUnwindSafe(|| take_chunks(s, n_chunks, f)));
         let mut spins = 0;
         while s.remaining.load(Ordering::Acquire) > 0 && spins < SPIN {
-            std::hint::spin_loop();
+            wait_round(spins);
             spins += 1;
         }
         let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -204,7 +217,7 @@ fn worker(s: &Shared) {
     loop {
         let mut spins = 0;
         while s.published.load(Ordering::Acquire) == seen && spins < SPIN {
-            std::hint::spin_loop();
+            wait_round(spins);
             spins += 1;
         }
         let (job, n) = {

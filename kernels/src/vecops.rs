@@ -46,7 +46,7 @@ mod x86 {
     /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_lanes::<32>(a, b)
+        super::dot_lanes::<8>(a, b)
     }
 
     /// # Safety
@@ -60,7 +60,7 @@ mod x86 {
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_lanes::<64>(a, b)
+        super::dot_lanes::<16>(a, b)
     }
 
     /// # Safety
