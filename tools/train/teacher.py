@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-SYSTEM = (
-    "You are Cheems, a small, friendly AI assistant that runs on the user's own computer. "
-    "Answer clearly and briefly in plain English."
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import SYSTEM  # noqa: E402  (tools/train/common.py, next to this file)
 
 
 def load_teacher(gguf: Path, tokdir: Path, device: str):
