@@ -30,7 +30,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
-use crate::chat::{ChatTemplate, Message};
+use crate::chat::{end_of_turn, ChatTemplate, Message};
 use crate::model::Mixer;
 use crate::sampler::{Sampler, SamplerParams};
 use crate::snapshot::SessionState;
@@ -691,24 +691,6 @@ pub unsafe extern "C" fn cheems_model_load(
         unsafe { put(out, register(handle, Kind::Model)) };
         Ok(())
     })
-}
-
-/// The control token a template writes right after a reply (ChatML's `<|im_end|>`), if any: a
-/// chat reply stops there even when the file names no end-of-turn token (as `cheems chat` does).
-fn end_of_turn(t: &ChatTemplate, tok: &Tokenizer) -> Option<u32> {
-    let marker = "cheems probe reply";
-    let text = t
-        .render(
-            &[
-                Message::new("user", "Hi"),
-                Message::new("assistant", marker),
-            ],
-            false,
-        )
-        .ok()?;
-    let after = text.find(marker)? + marker.len();
-    let first = *tok.encode(&text[after..], false).ok()?.first()?;
-    tok.is_control(first).then_some(first)
 }
 
 /// Writes the path of the default model file (and a NUL) into `buf`, its length to `*out_len`

@@ -687,8 +687,9 @@ impl Chat {
     }
 }
 
-/// The control token a template writes right after a reply (ChatML's `<|im_end|>`), if any.
-fn end_of_turn(t: &ChatTemplate, tok: &Tokenizer) -> Option<u32> {
+/// The control token a template writes right after a reply (ChatML's `<|im_end|>`), if any:
+/// a chat reply stops there even when the file names no end-of-turn token.
+pub fn end_of_turn(t: &ChatTemplate, tok: &Tokenizer) -> Option<u32> {
     let marker = "cheems probe reply";
     let text = t
         .render(
