@@ -30,3 +30,17 @@ pub fn default_model_path() -> Option<PathBuf> {
     let beside = exe.parent()?.join(FILE_NAME);
     beside.is_file().then_some(beside)
 }
+
+/// [`default_model_path`], or an error that says how to name a model; `usage` shows the command
+/// with a model file (`"cheems chat MODEL.gguf"`).
+pub fn require(usage: &str) -> anyhow::Result<PathBuf> {
+    default_model_path().ok_or_else(|| match std::env::var_os(ENV_VAR).filter(|v| !v.is_empty()) {
+        Some(v) => anyhow::anyhow!(
+            "{ENV_VAR} names {}, which is not a file: pass a model file ({usage}) or fix {ENV_VAR}",
+            std::path::Path::new(&v).display()
+        ),
+        None => anyhow::anyhow!(
+            "no model file given and no default model found: pass one ({usage}) or set {ENV_VAR}=MODEL.gguf"
+        ),
+    })
+}

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cheems::chat::{Chat, ChatOptions, Event, OnFull, StopReason, TurnStats};
-use cheems::default_model::{default_model_path, ENV_VAR};
 use cheems::Model;
 use rustyline::error::ReadlineError;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
@@ -76,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
     let params = a.sampling.params()?;
     let path = match &a.file {
         Some(p) => p.clone(),
-        None => default_model_path().ok_or_else(no_model)?,
+        None => cheems::default_model::require("cheems chat MODEL.gguf")?,
     };
     let interactive = std::io::stdin().is_terminal() && !a.single;
     let model = Arc::new(Model::load(&path)?);
@@ -129,19 +128,6 @@ pub fn run(a: Args) -> Result<()> {
         ui.turn(&mut chat, text)
     } else {
         ui.piped(&mut chat)
-    }
-}
-
-/// The error for `cheems chat` without a file when no default model exists.
-fn no_model() -> anyhow::Error {
-    match std::env::var_os(ENV_VAR).filter(|v| !v.is_empty()) {
-        Some(v) => anyhow!(
-            "{ENV_VAR} names {}, which is not a file: pass a model file (cheems chat MODEL.gguf) or fix {ENV_VAR}",
-            Path::new(&v).display()
-        ),
-        None => anyhow!(
-            "no model file given and no default model found: pass one (cheems chat MODEL.gguf) or set {ENV_VAR}=MODEL.gguf"
-        ),
     }
 }
 

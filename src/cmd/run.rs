@@ -187,12 +187,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let file = match &a.file {
         Some(f) => f.clone(),
-        None => cheems::default_model::default_model_path().ok_or_else(|| {
-            anyhow::anyhow!(
-                "no model file given and no default model found: pass one (cheems run MODEL.gguf -p ...) or set {}=MODEL.gguf",
-                cheems::default_model::ENV_VAR
-            )
-        })?,
+        None => cheems::default_model::require("cheems run MODEL.gguf -p ...")?,
     };
     let model = Arc::new(a.load.load(&file)?);
     let tok = Tokenizer::from_metadata(model.file.metadata())?;
