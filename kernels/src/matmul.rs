@@ -180,20 +180,36 @@ mod tests {
     use crate::matvec::matvec;
     use cheems_formats::blocks::quantize_row;
 
-    /// The batched product equals one matvec per row, bit for bit (same dot kernels).
-    #[test]
-    fn matmul_equals_matvec_per_row() {
-        let pool = Pool::new(2).unwrap();
-        let (rows, cols, n) = (70, 256, 5);
-        let mut s = 1u64;
+    /// Activations (`nx` values) and weights (`nw`) in [-0.5, 0.5) from a seeded LCG.
+    fn random_inputs(seed: u64, nx: usize, nw: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut s = seed;
         let mut rnd = || {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
-        let xs: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
-        let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let xs = (0..nx).map(|_| rnd()).collect();
+        let ws = (0..nw).map(|_| rnd()).collect();
+        (xs, ws)
+    }
+
+    /// The rows of `wf` (`cols` values each) quantized to `ty`.
+    fn quantize_rows(ty: GgmlType, wf: &[f32], cols: usize) -> Vec<u8> {
+        let rb = ty.row_bytes(cols).unwrap();
+        let mut data = vec![0u8; wf.len() / cols * rb];
+        for (w, dst) in wf.chunks_exact(cols).zip(data.chunks_exact_mut(rb)) {
+            quantize_row(ty, w, dst).unwrap();
+        }
+        data
+    }
+
+    /// The batched product equals one matvec per row, bit for bit (same dot kernels).
+    #[test]
+    fn matmul_equals_matvec_per_row() {
+        let pool = Pool::new(2).unwrap();
+        let (rows, cols, n) = (70, 256, 5);
+        let (xs, wf) = random_inputs(1, n * cols, rows * cols);
         for ty in [
             GgmlType::F32,
             GgmlType::F16,
@@ -201,11 +217,7 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q4_K,
         ] {
-            let rb = ty.row_bytes(cols).unwrap();
-            let mut data = vec![0u8; rows * rb];
-            for (r, dst) in data.chunks_exact_mut(rb).enumerate() {
-                quantize_row(ty, &wf[r * cols..(r + 1) * cols], dst).unwrap();
-            }
+            let data = quantize_rows(ty, &wf, cols);
             let w = MatRef {
                 ty,
                 rows,
@@ -234,15 +246,7 @@ mod tests {
     fn gemm_path_equals_the_dequantized_product() {
         let pool = Pool::new(2).unwrap();
         let (rows, cols, n) = (3 * TILE + 5, 256, GEMM_MIN + 3);
-        let mut s = 7u64;
-        let mut rnd = || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let xs: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
-        let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let (xs, wf) = random_inputs(7, n * cols, rows * cols);
         for ty in [
             GgmlType::F32,
             GgmlType::F16,
@@ -256,13 +260,11 @@ mod tests {
             GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
+            let data = quantize_rows(ty, &wf, cols);
             let rb = ty.row_bytes(cols).unwrap();
-            let mut data = vec![0u8; rows * rb];
             let mut deq = vec![0f32; rows * cols];
-            for (r, dst) in data.chunks_exact_mut(rb).enumerate() {
-                quantize_row(ty, &wf[r * cols..(r + 1) * cols], dst).unwrap();
-                cheems_formats::blocks::dequantize_row(ty, dst, &mut deq[r * cols..(r + 1) * cols])
-                    .unwrap();
+            for (src, dst) in data.chunks_exact(rb).zip(deq.chunks_exact_mut(cols)) {
+                cheems_formats::blocks::dequantize_row(ty, src, dst).unwrap();
             }
             let w = MatRef {
                 ty,
