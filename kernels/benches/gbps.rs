@@ -10,42 +10,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cheems_formats::{blocks, GgmlType};
+use cheems_formats::GgmlType;
 use cheems_kernels::dispatch::{self, available_levels};
 use cheems_kernels::matvec::{matvec_at, Activation, MatRef};
 use cheems_kernels::pool::Pool;
-
-const TYPES: [GgmlType; 11] = [
-    GgmlType::Q4_0,
-    GgmlType::Q8_0,
-    GgmlType::F16,
-    GgmlType::F32,
-    GgmlType::BF16,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
-
-fn matrix(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-        })
-        .collect();
-    let mut data = vec![0u8; ty.row_bytes(rows * cols).unwrap()];
-    blocks::quantize_row(ty, &w, &mut data).unwrap();
-    data
-}
+use common::{matrix, TYPES};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -73,7 +47,7 @@ fn main() {
         "type", "level", "hot 1t", "cold 1t", "cold 2t"
     );
     for ty in types {
-        let one = matrix(ty, rows, cols);
+        let one = matrix(ty, rows, cols, 0x9E37_79B9_7F4A_7C15);
         let copies = (64usize << 20).div_ceil(one.len()).max(2);
         let all: Vec<u8> = one
             .iter()

@@ -13,48 +13,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
-use cheems_formats::{blocks, GgmlType};
 use cheems_kernels::dispatch::{self, available_levels, Level};
 use cheems_kernels::matvec::{matvec_at, Activation, MatRef};
 use cheems_kernels::pool::Pool;
+use common::{matrix, TYPES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-
-const TYPES: [GgmlType; 11] = [
-    GgmlType::Q4_0,
-    GgmlType::Q8_0,
-    GgmlType::F16,
-    GgmlType::F32,
-    GgmlType::BF16,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
 
 const SHAPES: [(&str, usize, usize); 2] = [
     ("in_proj_3352x768", 3352, 768),
     ("down_768x2048", 768, 2048),
 ];
-
-fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-        })
-        .collect();
-    let mut data = vec![0u8; ty.row_bytes(rows * cols).unwrap()];
-    blocks::quantize_row(ty, &w, &mut data).unwrap();
-    data
-}
 
 fn activation(cols: usize) -> Vec<f32> {
     (0..cols)
