@@ -60,8 +60,7 @@ pub fn gemm_scratch(cols: usize, pool: &Pool) -> usize {
 pub fn use_gemm(w: &MatRef<'_>, n: usize, tmp_len: usize, pool: &Pool) -> bool {
     n >= GEMM_MIN
         && tmp_len >= gemm_scratch(w.cols, pool)
-        && (w.ty == GgmlType::F32
-            || cheems_formats::blocks::dequantize_row(w.ty, &[], &mut []).is_ok())
+        && w.ty.has_blocks()
 }
 
 /// The destination of the GEMM path, shared by the threads (each writes its own columns).
