@@ -58,9 +58,7 @@ pub fn gemm_scratch(cols: usize, pool: &Pool) -> usize {
 
 /// Whether [`matmul_gemm`] takes a batch of `n` rows of `w` with `tmp_len` values of scratch.
 pub fn use_gemm(w: &MatRef<'_>, n: usize, tmp_len: usize, pool: &Pool) -> bool {
-    n >= GEMM_MIN
-        && tmp_len >= gemm_scratch(w.cols, pool)
-        && w.ty.has_blocks()
+    n >= GEMM_MIN && tmp_len >= gemm_scratch(w.cols, pool) && w.ty.has_blocks()
 }
 
 /// The destination of the GEMM path, shared by the threads (each writes its own columns).
