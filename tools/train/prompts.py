@@ -112,6 +112,132 @@ FOLLOWUPS = [
 ]
 
 
+# v2: families of short, everyday questions with one clear answer, so the student sees each kind of
+# fact asked many ways. Appended after the v1 prompts (whose ids, order and splits stay the same).
+CAPITALS = """France:Paris|Japan:Tokyo|Italy:Rome|Germany:Berlin|Spain:Madrid|England:London|
+the United Kingdom:London|the United States:Washington, D.C.|Canada:Ottawa|Mexico:Mexico City|
+Brazil:Brasilia|Argentina:Buenos Aires|China:Beijing|India:New Delhi|Russia:Moscow|Egypt:Cairo|
+Greece:Athens|Portugal:Lisbon|Ireland:Dublin|Norway:Oslo|Sweden:Stockholm|Finland:Helsinki|
+Denmark:Copenhagen|Poland:Warsaw|Austria:Vienna|Belgium:Brussels|the Netherlands:Amsterdam|
+Switzerland:Bern|Turkey:Ankara|Kenya:Nairobi|South Korea:Seoul|Thailand:Bangkok|Australia:Canberra|
+New Zealand:Wellington|Peru:Lima|Chile:Santiago|Cuba:Havana|Hungary:Budapest|Iceland:Reykjavik"""
+
+CAPITAL_TEMPLATES = [
+    "What is the capital of {c}?", "What's the capital of {c}?", "Which city is the capital of {c}?",
+    "Tell me the capital of {c}.", "What is the capital city of {c}?", "Do you know the capital of {c}?",
+    "Name the capital of {c}.", "What city is the capital of {c}?", "capital of {c}?",
+    "Is {x} the capital of {c}?", "Tell me about {x}, the capital of {c}.", "What is {x} known for?",
+]
+
+ANIMALS = """dogs|cats|cows|horses|pigs|sheep|goats|chickens|ducks|lions|tigers|bears|wolves|foxes|
+rabbits|mice|elephants|giraffes|zebras|monkeys|gorillas|kangaroos|koalas|pandas|camels|deer|owls|
+eagles|parrots|penguins|bees|ants|spiders|butterflies|frogs|snakes|turtles|crocodiles|sharks|whales|
+dolphins|octopuses|crabs|goldfish|squirrels|bats|hedgehogs|polar bears|seals|hamsters"""
+
+ANIMAL_TEMPLATES = [
+    "What do {a} eat?", "Where do {a} live?", "How many legs do {a} have?", "What sound do {a} make?",
+    "Are {a} mammals?", "How long do {a} live?", "Why do people like {a}?", "Tell me a fun fact about {a}.",
+    "What do baby {a} look like?", "Can {a} swim?", "How big are {a}?", "Do {a} sleep at night?",
+]
+
+THINGS = """a banana|the sky|grass|snow|a tomato|a carrot|an apple|the sun|milk|coal|a lemon|an orange|
+chocolate|the ocean|a strawberry|a fire truck|a school bus|blood|a cucumber|a pumpkin|the moon|
+a flamingo|a crow|a polar bear|a frog|a cloud|a rose|a sunflower|a blueberry|an eggplant"""
+
+THING_TEMPLATES = ["What color is {x}?", "What shape is {x}?", "Describe {x} in one sentence.",
+                   "Is {x} big or small?", "Name something that has the same color as {x}."]
+
+OBJECTS = """a hammer|scissors|a spoon|a fork|a knife|a pencil|a pen|an eraser|a ruler|a clock|a map|
+a compass|a ladder|an umbrella|a broom|a bucket|a towel|soap|a toothbrush|a pillow|a blanket|a lamp|
+a key|a lock|a wallet|a backpack|a camera|a microscope|a telescope|a thermometer|a calculator|
+a keyboard|a mouse|a printer|a fridge|an oven|a kettle|a washing machine|a bicycle helmet|glasses|
+a needle|a saw|a shovel|a rope|a tent|a flashlight|a battery|a magnet|a mirror|a candle"""
+
+OBJECT_TEMPLATES = ["What is {x} used for?", "How do you use {x}?", "Why is {x} useful?",
+                    "What is {x} made of?", "Who invented {x}?"]
+
+ADJECTIVES = """hot|cold|big|small|fast|slow|happy|sad|old|new|young|tall|short|long|light|dark|heavy|
+easy|hard|soft|loud|quiet|clean|dirty|full|empty|early|late|rich|poor|strong|weak|wet|dry|open|
+closed|up|down|near|far|thick|thin|wide|narrow|high|low|cheap|expensive|first|last|inside|outside"""
+
+WORDS = """happy|brave|curious|gentle|honest|patient|generous|polite|clever|lazy|busy|calm|friendly|
+ancient|enormous|tiny|delicious|beautiful|strange|famous|fragile|rapid|silent|vivid|journey|
+adventure|harvest|island|library|planet|machine|garden|market|weather|ocean|mountain|river|forest|
+village|kitchen|breakfast|holiday|friendship|courage|knowledge|memory|science|history|energy|
+pollution|recycle|imagine|explore|borrow|celebrate|describe|discover|improve|invent|protect|
+whisper|wonder|yawn|gigantic|delighted|nervous|grateful|rescue|volunteer|habit|hobby|neighbor|
+recipe|schedule|shadow|signal|climate|desert|echo|galaxy|insect|mammal|orbit|puzzle|rhythm"""
+
+WORD_TEMPLATES = ["What does the word '{w}' mean?", "What does {w} mean?", "Use the word '{w}' in a sentence.",
+                  "What is a synonym for '{w}'?", "Define {w}.", "Give me an example of the word '{w}'."]
+
+TASKS = """make a sandwich|make pancakes|brew coffee|make a cup of tea|cook rice|boil pasta|bake cookies|
+wash my hands|brush my teeth|tie my shoes|ride a bike|plant a tree|grow tomatoes|water plants|
+clean my room|do laundry|iron a shirt|wash dishes|make my bed|save money|make a budget|write a letter|
+write an email|write a poem|write a story|study for an exam|take notes|learn to code|learn Python|
+learn a new word every day|read faster|remember things better|fall asleep faster|wake up early|
+stay hydrated|start running|stretch|meditate|relax after work|make a friend|say thank you|
+apologize to a friend|give a good presentation|prepare for a job interview|plan a birthday party|
+pack for a trip|read a map|change a light bulb|fix a flat bicycle tire|take care of a puppy|
+take care of a cat|feed a goldfish|draw a cat|fold a paper airplane|keep a journal|set a goal|
+stop procrastinating|stay calm|be more patient|eat healthier|cook an egg|make a salad|make soup"""
+
+TASK_TEMPLATES = ["How do I {x}?", "How can I {x}?", "What is the best way to {x}?",
+                  "Give me simple steps to {x}.", "I want to {x}. Any tips?"]
+
+PEOPLE = """Albert Einstein|Isaac Newton|William Shakespeare|Wolfgang Amadeus Mozart|Leonardo da Vinci|
+Marie Curie|Charles Darwin|Galileo Galilei|Thomas Edison|Abraham Lincoln|George Washington|
+Napoleon Bonaparte|Cleopatra|Julius Caesar|Christopher Columbus|Neil Armstrong|Ludwig van Beethoven|
+Pablo Picasso|Vincent van Gogh|Jane Austen|Mahatma Gandhi|Nelson Mandela|Martin Luther King Jr.|
+the Wright brothers|Alexander Graham Bell|Nikola Tesla|Florence Nightingale|Aristotle|Plato|Socrates"""
+
+PEOPLE_TEMPLATES = ["Who was {p}?", "What is {p} famous for?", "Tell me about {p}.",
+                    "Why is {p} important?", "When did {p} live?"]
+
+SIMPLE = [
+    "What is 1 + 1?", "What is 2 + 2?", "What is 3 + 3?", "What is 5 + 5?", "What is 10 + 10?",
+    "What is 2 + 3?", "What is 4 + 4?", "What is 10 - 5?", "What is 2 times 3?", "What is 3 times 3?",
+    "What is 10 times 10?", "What is half of 10?", "How many hours are in a day?",
+    "How many minutes are in an hour?", "How many seconds are in a minute?", "How many days are in a year?",
+    "How many weeks are in a year?", "How many continents are there?", "How many oceans are there?",
+    "How many planets are in the solar system?", "What is the closest star to Earth?",
+    "What planet do we live on?", "What is the largest planet?", "What is the smallest planet?",
+    "What is the hottest planet?", "Which planet is called the red planet?", "What is the largest animal?",
+    "What is the fastest land animal?", "What is the largest country?", "What is the longest river?",
+    "What is the highest mountain?", "What is the largest desert?", "What is the largest continent?",
+    "What language do people speak in France?", "What language do people speak in Spain?",
+    "What language do people speak in Brazil?", "What language do people speak in Japan?",
+    "What is the freezing point of water?", "What gas do plants take in?", "What gas do we breathe in?",
+    "What is the chemical symbol for water?", "What is the opposite of day?", "What comes after Tuesday?",
+    "What comes before Friday?", "What month comes after January?", "What is the first month of the year?",
+    "What is the last month of the year?", "What season comes after winter?", "How many sides does a triangle have?",
+    "How many sides does a square have?", "What shape is a ball?", "What do you call a baby dog?",
+    "What do you call a baby cat?", "What do you call a baby cow?", "What do caterpillars turn into?",
+    "What do we call frozen water?", "Where does rain come from?", "What makes thunder?",
+    "Why do we have day and night?", "Why is the sea salty?", "Why do birds fly south for the winter?",
+    "What is the sun made of?", "What is the moon?", "Is the sun a star?", "Can fish breathe air?",
+    "Do plants need sunlight?", "What is photosynthesis?", "What is gravity?", "What is a computer?",
+    "What is the internet?", "What is an email?", "What is a robot?", "What is AI?",
+    "What is a language model?", "Are you a human?", "Are you a robot?", "Where do you run?",
+    "Do you need the internet?", "What is your favorite color?", "Can you tell me a riddle?",
+    "Can you tell me a short joke?", "Tell me something funny.", "Write a haiku about the sea.",
+    "Write a haiku about autumn.", "Write a two-line poem about cats.", "Give me a fun fact about space.",
+    "Give me a fun fact about the ocean.", "Give me a fun fact about animals.", "Say hello in French.",
+    "How do you say thank you in Spanish?", "How do you say good morning in German?",
+    "What is the plural of mouse?", "What is the plural of child?", "What is the past tense of run?",
+    "What is the past tense of go?", "Is 'quickly' an adjective or an adverb?", "What is an adjective?",
+    "What is a sentence?", "What is a paragraph?", "What is a question mark for?", "Thanks!",
+    "Thank you so much!", "You're great.", "I love you.", "That's funny.", "OK.", "Yes.", "No.",
+    "Hmm.", "Cool!", "Interesting.", "Bye!", "Goodbye, see you tomorrow.", "Hello, who am I talking to?",
+    "Hi, how is your day?", "Good afternoon!", "What time is it?", "What is today's date?",
+    "Can you remember our conversation?", "What are you good at?", "What can't you do?",
+]
+
+
+def _items(block: str) -> list[str]:
+    return [t.strip() for t in block.replace("\n", "").split("|") if t.strip()]
+
+
 def topics() -> list[str]:
     return [t.strip() for t in TOPICS.replace("\n", "").split("|") if t.strip()]
 
@@ -151,6 +277,41 @@ def build(seed: int, n_pairs: int) -> list[dict]:
     for i, p in enumerate(prompts):
         follow = rng.choice(FOLLOWUPS) if rng.random() < 0.2 else None
         out.append({"id": i, "split": split_of(p), "prompt": p, "followup": follow})
+    # v2 families, appended in a fixed order; their "eval"-hash prompts join the held-out ones
+    extra: list[str] = []
+    seen2 = set(seen)
+
+    def add2(p: str):
+        if p not in seen2:
+            seen2.add(p)
+            extra.append(p)
+
+    for pair_ in _items(CAPITALS):
+        c, x = pair_.split(":")
+        for q in CAPITAL_TEMPLATES:
+            add2(q.format(c=c, x=x))
+    for fam, tmpl, key in ((ANIMALS, ANIMAL_TEMPLATES, "a"), (THINGS, THING_TEMPLATES, "x"),
+                           (OBJECTS, OBJECT_TEMPLATES, "x"), (WORDS, WORD_TEMPLATES, "w"),
+                           (TASKS, TASK_TEMPLATES, "x"), (PEOPLE, PEOPLE_TEMPLATES, "p")):
+        for item in _items(fam):
+            for q in tmpl:
+                add2(q.format(**{key: item}))
+    for adj in _items(ADJECTIVES):
+        add2(f"What is the opposite of {adj}?")
+        add2(f"What is the opposite of '{adj}'?")
+    for q in SIMPLE:
+        add2(q)
+    for t in ts:
+        for q in ("Tell me about {t} in two sentences.", "What is one fact about {t}?",
+                  "Why do people care about {t}?", "Explain {t} simply."):
+            add2(q.format(t=t))
+    rng2 = random.Random(seed + 1)
+    rng2.shuffle(extra)
+    for p in extra:
+        split = split_of(p)
+        follow = rng2.choice(FOLLOWUPS) if rng2.random() < 0.1 else None
+        out.append({"id": len(out), "split": "heldout" if split == "eval" else split, "prompt": p,
+                    "followup": follow})
     # the 50 eval prompts: the first 50 of split "eval" in a fixed order
     n_eval = 0
     for r in out:

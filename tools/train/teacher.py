@@ -4,10 +4,12 @@ the prompts of prompts.py. Runs on a GPU with transformers (weights dequantized 
 package into a transformers Llama), batched, time-bounded, appending to a JSON-lines file so an interrupted run resumes.
 
     python3 tools/train/teacher.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --tokenizer TOKDIR --prompts prompts.jsonl \
-        --out conversations.jsonl --minutes 4 [--batch 384] [--max-new 256] [--seed 1]
+        --out conversations.jsonl --minutes 4 [--slots 2048] [--samples 4] [--max-new 256] [--seed 1] [--check]
 
-Passes, each over the prompts not yet done in it: (1) one answer per prompt; (2) the follow-up turn of
-the conversations that have one; (3) a second, independently sampled answer for training prompts.
+Sampling runs on fastgen.SlotDecoder (continuous batching over a static KV cache; about 20x the
+throughput of transformers' `generate` on padded batches). Passes, each over the prompts not yet done
+in it: (1) one answer per prompt; (2) the follow-up turn of the conversations that have one; (3..)
+`--samples - 1` more independently sampled answers for training prompts.
 Output lines: {"id", "split", "sample", "messages": [{"role", "content"}, ...]}. Answers that hit the
 length cap without an end-of-turn are dropped (incomplete sentences would teach the student to ramble).
 """
@@ -103,30 +105,18 @@ def render(tok, messages) -> str:
     )
 
 
-@torch.no_grad()
-def answer(tok, model, convs, max_new: int, temperature: float, device: str):
-    texts = [render(tok, c) for c in convs]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    end_ids = [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new,
-        do_sample=True,
-        temperature=temperature,
-        top_p=0.9,
-        repetition_penalty=1.1,
-        eos_token_id=end_ids,
-        pad_token_id=tok.pad_token_id,
-    )
-    gen = out[:, enc["input_ids"].shape[1]:].tolist()
-    replies = []
-    for g in gen:
-        ended = any(t in end_ids for t in g)
-        if ended:
-            g = g[: min(g.index(t) for t in end_ids if t in g)]
-        text = tok.decode(g, skip_special_tokens=True).strip()
-        replies.append(text if ended and text else None)
-    return replies
+def encode(tok, messages) -> list[int]:
+    return tok(render(tok, messages), add_special_tokens=False)["input_ids"]
+
+
+def shared_prefix(tok) -> list[int]:
+    """The tokens every rendered conversation starts with (the system prompt and the user's header)."""
+    a = encode(tok, [{"role": "user", "content": "Hello there."}])
+    b = encode(tok, [{"role": "user", "content": "What is two plus two?"}])
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
 
 
 def main():
@@ -136,12 +126,16 @@ def main():
     ap.add_argument("--prompts", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=4.0)
-    ap.add_argument("--batch", type=int, default=384)
+    ap.add_argument("--slots", type=int, default=2048, help="sequences decoded at once")
     ap.add_argument("--max-new", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=4, help="independent answers per training prompt")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts (testing)")
+    ap.add_argument("--check", action="store_true", help="compare the fast decoder with transformers first")
     a = ap.parse_args()
+    from fastgen import SlotDecoder
+
     t0 = time.time()
     deadline = t0 + a.minutes * 60
     torch.manual_seed(a.seed)
@@ -150,6 +144,8 @@ def main():
     prompts = [json.loads(l) for l in a.prompts.read_text().splitlines() if l.strip()]
     if a.limit:
         prompts = prompts[: a.limit]
+    prefix = shared_prefix(tok)
+    end_ids = [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
     done: dict[tuple[int, int], dict] = {}
     if a.out.exists():
         for l in a.out.read_text().splitlines():
@@ -158,46 +154,73 @@ def main():
     f = a.out.open("a")
     n_tok = 0
 
-    def run_pass(name, items, make_conv, sample, finish):
+    def decoder(max_len):
+        dec = SlotDecoder(model, a.slots, max_len, a.device,
+                          dtype=torch.bfloat16 if a.device == "cuda" else torch.float32)
+        if a.check:
+            ids = encode(tok, [{"role": "user", "content": "Why is the sky blue?"}])
+            print(f"fast decoder vs transformers: max |dlogit| {dec.check(model, ids):.4f}", flush=True)
+        return dec
+
+    def run_pass(name, todo, max_len):
+        """todo: (prompt row, sample number, conversation so far) for the jobs not done yet."""
         nonlocal n_tok
-        todo = [p for p in items if finish(p) is None]
-        todo.sort(key=lambda p: len(str(make_conv(p))))
         print(f"pass {name}: {len(todo)} to do", flush=True)
-        for i in range(0, len(todo), a.batch):
-            if time.time() > deadline:
-                print(f"pass {name}: time is up", flush=True)
-                return False
-            chunk = todo[i: i + a.batch]
-            convs = [make_conv(p) for p in chunk]
-            replies = answer(tok, model, convs, a.max_new, 0.7, a.device)
-            for p, c, r in zip(chunk, convs, replies):
-                if r is None:
-                    continue
-                row = {"id": p["id"], "split": p["split"], "sample": sample,
-                       "messages": c + [{"role": "assistant", "content": r}]}
-                done[(p["id"], sample)] = row
-                f.write(json.dumps(row) + "\n")
-                n_tok += len(r) // 4
-            f.flush()
-            el = time.time() - t0
-            print(f"  {name} {i + len(chunk)}/{len(todo)}  {el:.0f}s  ~{n_tok / max(el, 1):.0f} tok/s", flush=True)
-        return True
+        if not todo:
+            return True
 
-    user = lambda p: [{"role": "user", "content": p["prompt"]}]  # noqa: E731
-    ok = run_pass("answers", prompts, user, 0, lambda p: done.get((p["id"], 0)))
+        def jobs():
+            for p, sample, conv in todo:
+                ids = encode(tok, conv)
+                if ids[: len(prefix)] != prefix:
+                    raise SystemExit(f"prompt {p['id']} does not start with the shared prefix")
+                yield (p, sample, conv), ids[len(prefix):]
 
-    def follow_conv(p):
-        base = done[(p["id"], 0)]["messages"]
-        return base + [{"role": "user", "content": p["followup"]}]
+        def on_done(job, reply):
+            nonlocal n_tok
+            p, sample, conv = job
+            if reply is None:
+                return
+            text = tok.decode(reply, skip_special_tokens=True).strip()
+            if not text:
+                return
+            row = {"id": p["id"], "split": p["split"], "sample": sample,
+                   "messages": conv + [{"role": "assistant", "content": text}]}
+            done[(p["id"], sample)] = row
+            f.write(json.dumps(row) + "\n")
+            n_tok += len(reply)
 
-    with_follow = [p for p in prompts if p["followup"] and (p["id"], 0) in done]
+        dec = decoder(max_len)
+        ok = dec.run(prefix, jobs(), end_ids=end_ids, max_new=a.max_new, temperature=0.7, top_p=0.9,
+                     penalty=1.1, deadline=deadline, on_done=on_done,
+                     log=lambda m: print(f"{name}: {m}  total {n_tok} reply tokens, {time.time() - t0:.0f}s",
+                                         flush=True))
+        f.flush()
+        del dec
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+        return ok
+
+    def user(p):
+        return [{"role": "user", "content": p["prompt"]}]
+
+    short = len(prefix) + 96 + a.max_new
+    # pass 1: one answer to every prompt
+    ok = run_pass("answers", [(p, 0, user(p)) for p in prompts if (p["id"], 0) not in done], short)
+    # pass 2: the follow-up turns (they need pass 1's answers; a longer cache)
+    todo = [(p, 1, done[(p["id"], 0)]["messages"] + [{"role": "user", "content": p["followup"]}])
+            for p in prompts if p["followup"] and (p["id"], 0) in done and (p["id"], 1) not in done]
     if ok:
-        ok = run_pass("followups", with_follow, follow_conv, 1, lambda p: done.get((p["id"], 1)))
-    train = [p for p in prompts if p["split"] == "train"]
+        ok = run_pass("followups", todo, short + a.max_new + 32)
+    # pass 3: more samples for training prompts, round by round, so that a pass cut short by the clock
+    # leaves whole rounds
+    todo = []
+    for k in range(2, 2 + a.samples - 1):
+        todo += [(p, k, user(p)) for p in prompts if p["split"] == "train" and (p["id"], k) not in done]
     if ok:
-        run_pass("second", train, user, 2, lambda p: done.get((p["id"], 2)))
+        run_pass("more samples", todo, short)
     f.close()
-    print(f"teacher done: {len(done)} conversations, {time.time() - t0:.0f}s", flush=True)
+    print(f"teacher done: {len(done)} conversations, {n_tok} reply tokens, {time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -83,32 +83,40 @@ def load_tokenizer(tokdir: Path):
     return AutoTokenizer.from_pretrained(str(tokdir))
 
 
+def encode_conversations(tok, convs, max_len: int):
+    """Token ids and labels (-100 outside assistant replies) of each conversation, rendered exactly as
+    CHAT_TEMPLATE. Every segment of every conversation is encoded in one batch (the tokenizer's
+    threads), which matters at a few hundred thousand conversations."""
+    segs: list[str] = []
+    for messages in convs:
+        for m in messages:
+            segs += [f"<|im_start|>{m['role']}\n", m["content"].strip() + "<|im_end|>", "\n"]
+    enc = tok(segs, add_special_tokens=False)["input_ids"] if segs else []
+    out, i = [], 0
+    for messages in convs:
+        ids: list[int] = []
+        labels: list[int] = []
+        for m in messages:
+            head, body, tail = enc[i], enc[i + 1], enc[i + 2]
+            i += 3
+            ids += head + body + tail
+            if m["role"] == "assistant":
+                labels += [-100] * len(head) + body + [-100] * len(tail)
+            else:
+                labels += [-100] * (len(head) + len(body) + len(tail))
+        out.append((ids[:max_len], labels[:max_len]))
+    return out
+
+
 def encode_conversation(tok, messages, max_len: int):
-    """Token ids and labels (-100 outside assistant replies), rendered exactly as CHAT_TEMPLATE."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for m in messages:
-        head = tok.encode(f"<|im_start|>{m['role']}\n", add_special_tokens=False)
-        body = tok.encode(m["content"].strip() + "<|im_end|>", add_special_tokens=False)
-        tail = tok.encode("\n", add_special_tokens=False)
-        ids += head + body + tail
-        if m["role"] == "assistant":
-            labels += [-100] * len(head) + body + [-100] * len(tail)
-        else:
-            labels += [-100] * (len(head) + len(body) + len(tail))
-    return ids[:max_len], labels[:max_len]
+    return encode_conversations(tok, [messages], max_len)[0]
 
 
 def load_data(path: Path, tok, max_len: int, split: str):
     rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    out = []
-    for r in rows:
-        if r["split"] != split:
-            continue
-        ids, labels = encode_conversation(tok, r["messages"], max_len)
-        if any(l != -100 for l in labels):
-            out.append((ids, labels))
-    return out
+    convs = [r["messages"] for r in rows if r["split"] == split]
+    return [(ids, labels) for ids, labels in encode_conversations(tok, convs, max_len)
+            if any(l != -100 for l in labels)]
 
 
 def batches(data, tokens_per_batch: int, rng: random.Random, pad_id: int):
@@ -225,6 +233,8 @@ def main():
     ap.add_argument("--max-len", type=int, default=768)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--until", type=float, default=0.0,
+                    help="a wall-clock deadline (Unix seconds): training stops in time to save before it")
     ap.add_argument("--eval-every", type=float, default=20.0, help="seconds between held-out evaluations")
     ap.add_argument("--export", type=Path, help="export this checkpoint and exit")
     ap.add_argument("--tiny", action="store_true", help="a tiny model for a CPU smoke test")
@@ -258,13 +268,17 @@ def main():
     a.out.mkdir(parents=True, exist_ok=True)
     log_path = a.out / "train_log.jsonl"
     step, spent, epoch = 0, 0.0, 0
-    sched_total = a.minutes * 60
+    budget = a.minutes * 60
+    if a.until:
+        budget = max(min(budget, a.until - time.time() - 30.0), 10.0)
+        print(f"training for {budget:.0f}s (deadline)", flush=True)
+    sched_total = budget
     if a.resume and (a.out / "ckpt.pt").exists():
         ck = torch.load(a.out / "ckpt.pt", map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, spent, epoch = ck["step"], ck["spent"], ck["epoch"]
-        sched_total = ck["sched_total"] + a.minutes * 60
+        sched_total = ck["sched_total"] + budget
         print(f"resumed at step {step} ({spent:.0f}s trained)", flush=True)
 
     def lr_at(t):
@@ -275,7 +289,6 @@ def main():
         return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     t_start = time.time()
-    budget = a.minutes * 60
     rng = random.Random(a.seed + epoch)
     logf = log_path.open("a")
     done = False
