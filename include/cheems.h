@@ -264,6 +264,13 @@ typedef struct {
    * Threads of the session's pool; 0: the model's `n_threads`.
    */
   uint32_t n_threads;
+  /**
+   * Where the forward pass runs: -1 (the default) the CPU; N >= 0 the CUDA GPU N. A GPU
+   * needs a library built with the `cuda` feature, an NVIDIA GPU and its driver; without
+   * them `cheems_session_new` fails with `CHEEMS_ERR_UNSUPPORTED` and says why in
+   * `cheems_last_error()`.
+   */
+  int32_t device;
 } cheems_session_params;
 
 /**

@@ -950,6 +950,11 @@ pub struct cheems_session_params {
     pub n_ctx: u32,
     /// Threads of the session's pool; 0: the model's `n_threads`.
     pub n_threads: u32,
+    /// Where the forward pass runs: -1 (the default) the CPU; N >= 0 the CUDA GPU N. A GPU
+    /// needs a library built with the `cuda` feature, an NVIDIA GPU and its driver; without
+    /// them `cheems_session_new` fails with `CHEEMS_ERR_UNSUPPORTED` and says why in
+    /// `cheems_last_error()`.
+    pub device: i32,
 }
 
 /// The default session parameters: the model's context (at most 4096) and threads.
@@ -958,6 +963,7 @@ pub extern "C" fn cheems_session_default_params() -> cheems_session_params {
     cheems_session_params {
         n_ctx: 0,
         n_threads: 0,
+        device: -1,
     }
 }
 
@@ -993,14 +999,22 @@ pub unsafe extern "C" fn cheems_session_new(
             0 => m.n_threads,
             n => Some(n as usize),
         };
-        let session = Session::new(
+        let device = match p.device {
+            d if d < 0 => crate::Device::Cpu,
+            d => crate::Device::Cuda(d as usize),
+        };
+        let session = Session::new_on(
             m.model.clone(),
             &SessionOptions {
                 ctx: Some(ctx),
                 threads,
             },
+            device,
         )
-        .map_err(|e| classify(e, CHEEMS_ERR_INTERNAL))?;
+        .map_err(|e| match device {
+            crate::Device::Cuda(_) => classify(e, CHEEMS_ERR_UNSUPPORTED),
+            crate::Device::Cpu => classify(e, CHEEMS_ERR_INTERNAL),
+        })?;
         let has_kv = m
             .model
             .layers

@@ -22,7 +22,13 @@ pub mod blocks;
 pub mod capi;
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda/off.rs"]
+pub mod cuda;
 pub mod default_model;
+pub mod device;
 pub mod experts;
 pub mod memory;
 pub mod model;
@@ -38,6 +44,7 @@ use cheems_kernels::matmul::Activations;
 use cheems_kernels::matvec::Activation;
 
 pub use config::{Arch, Config};
+pub use device::Device;
 pub use model::{LoadOptions, Model};
 pub use session::{Session, SessionOptions};
 

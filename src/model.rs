@@ -87,6 +87,8 @@ pub struct Model {
     pub options: LoadOptions,
     /// With an expert cache bound, where the expert records are read from.
     pub experts: Option<ExpertSource>,
+    /// The weights uploaded to each GPU a session ran on (`--device cuda`), uploaded once.
+    pub gpu_weights: crate::cuda::WeightCache,
 }
 
 /// A 64-bit FNV-1a hash of the file's header (metadata and tensor table), its size, and 16
@@ -229,6 +231,7 @@ impl Model {
             fingerprint,
             options: LoadOptions::default(),
             experts: None,
+            gpu_weights: Default::default(),
         })
     }
 

@@ -14,6 +14,8 @@ use crate::blocks::cdmoe::MoeScratch;
 use crate::blocks::dma::DmaCache;
 use crate::blocks::norm::rmsnorm;
 use crate::blocks::ssd::{SsdScratch, SsdState};
+use crate::cuda::GpuSession;
+use crate::device::Device;
 use crate::experts::{ExpertCache, ExpertStats};
 use crate::memory::{Category, Region};
 use crate::model::{Ffn, Mixer, Model};
@@ -62,6 +64,9 @@ pub struct Session {
     experts: Option<ExpertCache>,
     /// When enabled, the residual stream after the embedding and after each layer ([L+1][d_model]).
     trace: Option<Vec<f32>>,
+    /// On a GPU, the device state and forward pass (`states` then only mirrors it for
+    /// snapshots and checks).
+    gpu: Option<GpuSession>,
 }
 
 impl std::fmt::Debug for Session {
@@ -74,6 +79,33 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub fn new(model: Arc<Model>, opts: &SessionOptions) -> Result<Self> {
+        Self::new_on(model, opts, Device::Cpu)
+    }
+
+    /// Opens a session whose forward pass runs on `device` (a GPU needs the `cuda` feature;
+    /// without it, or without a GPU and driver, this fails with a one-line reason).
+    pub fn new_on(model: Arc<Model>, opts: &SessionOptions, device: Device) -> Result<Self> {
+        let mut s = Self::new_cpu(model, opts)?;
+        if let Device::Cuda(n) = device {
+            let ctx = s.context_capacity().unwrap_or(1);
+            s.gpu = Some(GpuSession::new(&s.model, n, ctx)?);
+        }
+        Ok(s)
+    }
+
+    /// Where the forward pass runs, in words (`cpu`, `cuda:0 (NVIDIA H200)`).
+    pub fn device_name(&self) -> String {
+        self.gpu
+            .as_ref()
+            .map_or_else(|| "cpu".to_string(), GpuSession::device_name)
+    }
+
+    /// On a GPU: bytes of device memory of the model's weights and of this session.
+    pub fn device_bytes(&self) -> Option<(usize, usize)> {
+        self.gpu.as_ref().map(GpuSession::device_bytes)
+    }
+
+    fn new_cpu(model: Arc<Model>, opts: &SessionOptions) -> Result<Self> {
         let c = &model.config;
         let threads = opts
             .threads
@@ -139,6 +171,7 @@ impl Session {
             sc,
             experts,
             trace: None,
+            gpu: None,
         })
     }
 
@@ -154,6 +187,11 @@ impl Session {
     /// Forgets the sequence.
     pub fn reset(&mut self) {
         self.pos = 0;
+        if let Some(g) = &mut self.gpu {
+            if let Err(e) = g.reset() {
+                eprintln!("cheems: resetting the GPU session failed: {e:#}");
+            }
+        }
         for s in &mut self.states {
             match s {
                 State::Kv(kv) => kv.len = 0,
@@ -255,6 +293,18 @@ impl Session {
 
     /// A copy of everything the session remembers (KV caches only as far as they are filled).
     pub fn snapshot(&self) -> SessionState {
+        if let Some(g) = &self.gpu {
+            match g.download(&self.model, self.pos) {
+                Ok(layers) => {
+                    return SessionState {
+                        fingerprint: self.model.fingerprint,
+                        pos: self.pos,
+                        layers,
+                    }
+                }
+                Err(e) => eprintln!("cheems: reading the GPU session's state failed: {e:#}"),
+            }
+        }
         let layers = self
             .states
             .iter()
@@ -321,6 +371,9 @@ impl Session {
                 _ => {}
             }
         }
+        if let Some(g) = &mut self.gpu {
+            g.upload(&snap.layers)?;
+        }
         self.pos = snap.pos;
         Ok(())
     }
@@ -370,6 +423,14 @@ impl Session {
         if drop == 0 {
             bail!("nothing to drop: {held} tokens held, the first {keep} kept");
         }
+        if self.gpu.is_some() {
+            // The shift runs on the host copy of the caches.
+            let snap = self.snapshot();
+            let gpu = self.gpu.take();
+            let r = self.restore(&snap);
+            self.gpu = gpu;
+            r?;
+        }
         let rope = self
             .model
             .rope
@@ -396,6 +457,9 @@ impl Session {
             }
         }
         self.pos = held - drop;
+        if let Some(g) = &mut self.gpu {
+            g.upload(&self.states)?;
+        }
         Ok(drop)
     }
 
@@ -483,6 +547,17 @@ impl Session {
     /// Runs up to [`MAX_BATCH`] tokens through the stack, layer by layer. Fills the logits of
     /// the last token, or of every token into `all`.
     fn forward(&mut self, tokens: &[u32], mut all: Option<&mut Vec<f32>>) -> Result<()> {
+        if let Some(g) = &mut self.gpu {
+            g.forward(
+                tokens,
+                self.pos,
+                all,
+                &mut self.sc.logits,
+                self.trace.as_deref_mut(),
+            )?;
+            self.pos += tokens.len();
+            return Ok(());
+        }
         let model = &*self.model;
         let c = &model.config;
         let (n, h) = (tokens.len(), c.d_model);

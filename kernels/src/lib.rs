@@ -45,3 +45,7 @@ pub mod vecops;
 mod x86;
 
 pub use dispatch::{force_level, level_name, Level};
+
+/// The CUDA C source of the GPU kernels (compiled at run time with NVRTC by the root crate's
+/// optional `cuda` feature).
+pub const CUDA_SOURCE: &str = include_str!("cuda/kernels.cu");

@@ -64,6 +64,8 @@ pub struct ChatOptions {
     /// Threads (`None`: available cores).
     pub threads: Option<usize>,
     pub on_full: OnFull,
+    /// Where the forward pass runs.
+    pub device: crate::Device,
 }
 
 impl Default for ChatOptions {
@@ -75,6 +77,7 @@ impl Default for ChatOptions {
             ctx: None,
             threads: None,
             on_full: OnFull::Drop,
+            device: crate::Device::Cpu,
         }
     }
 }
@@ -198,12 +201,13 @@ impl Chat {
             .iter()
             .any(|l| matches!(l.mixer, Mixer::Attention(_)))
             .then_some(ctx);
-        let session = Session::new(
+        let session = Session::new_on(
             model.clone(),
             &SessionOptions {
                 ctx: Some(ctx),
                 threads: opts.threads,
             },
+            opts.device,
         )?;
         let mut stop = tok.stop_tokens().to_vec();
         if let Some(eot) = end_of_turn(&template, &tok) {

@@ -110,7 +110,8 @@ struct Header {
     size_bytes: u64,
     params: u64,
     threads: usize,
-    level: &'static str,
+    /// The CPU kernels' SIMD level, or the GPU (`cuda:0`).
+    level: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -127,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let model = Arc::new(a.load.load(&a.file)?);
-    let header = Header {
+    let mut header = Header {
         model: a.file.file_name().map_or_else(
             || a.file.display().to_string(),
             |n| n.to_string_lossy().into(),
@@ -137,18 +138,22 @@ pub fn run(a: Args) -> Result<()> {
         size_bytes: model.file.file_size() as u64,
         params: model.file.tensors().iter().map(|t| t.n_elements()).sum(),
         threads,
-        level: cheems_kernels::level_name(),
+        level: cheems_kernels::level_name().to_string(),
     };
     let n_vocab = model.config.n_vocab;
     // Room for the depth, the prompt test and the generation test (plain attention only uses it).
     let ctx = a.depth + a.n_prompt + a.n_gen;
-    let mut session = Session::new(
+    let mut session = Session::new_on(
         model.clone(),
         &SessionOptions {
             ctx: Some(ctx),
             threads: Some(threads),
         },
+        a.load.device,
     )?;
+    if let cheems::Device::Cuda(n) = a.load.device {
+        header.level = format!("cuda:{n}");
+    }
     let mut rng = 0x5EED_u64;
     let mut tokens = |n: usize| -> Vec<u32> {
         (0..n)
@@ -265,6 +270,7 @@ pub fn run(a: Args) -> Result<()> {
             "params": header.params,
             "threads": header.threads,
             "level": header.level,
+            "device": session.device_name(),
             "pp": a.n_prompt,
             "tg": a.n_gen,
             "depth": a.depth,

@@ -43,6 +43,10 @@ pub struct Args {
     /// Threads (default: available cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// Where the forward pass runs: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features cuda`, an NVIDIA GPU and its driver).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: cheems::Device,
     /// Read all of standard input as one user message.
     #[arg(long)]
     pub single: bool,
@@ -91,6 +95,7 @@ pub fn run(a: Args) -> Result<()> {
                 Full::Drop => OnFull::Drop,
                 Full::Reset => OnFull::Reset,
             },
+            device: a.device,
         },
     )?;
     chat.set_system(a.system.as_deref());

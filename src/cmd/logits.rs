@@ -49,12 +49,13 @@ pub fn run(a: Args) -> Result<()> {
             tokens.len()
         );
     }
-    let mut s = Session::new(
+    let mut s = Session::new_on(
         model.clone(),
         &SessionOptions {
             threads: a.threads,
             ctx: Some(tokens.len()),
         },
+        a.load.device,
     )?;
     let v = model.config.n_vocab;
     let mut out = Vec::with_capacity(tokens.len() * v);

@@ -39,12 +39,13 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{} holds fewer than 2 tokens", a.text.display());
     }
     let v = model.config.n_vocab;
-    let mut s = Session::new(
+    let mut s = Session::new_on(
         model.clone(),
         &SessionOptions {
             ctx: Some(a.ctx),
             threads: a.threads,
         },
+        a.load.device,
     )?;
     let (mut nll, mut count) = (0f64, 0usize);
     let mut logits = Vec::new();

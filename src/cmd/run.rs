@@ -63,6 +63,10 @@ pub struct LoadArgs {
     /// Read the weights into memory instead of mapping the file.
     #[arg(long)]
     pub no_mmap: bool,
+    /// Where the forward pass runs: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features cuda`, an NVIDIA GPU and its driver).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: cheems::Device,
 }
 
 impl LoadArgs {
@@ -212,12 +216,13 @@ pub fn run(a: Args) -> Result<()> {
             a.keep
         );
     }
-    let mut session = Session::new(
+    let mut session = Session::new_on(
         model.clone(),
         &SessionOptions {
             ctx: Some(ctx),
             threads: a.threads,
         },
+        a.load.device,
     )?;
     if a.verbose {
         eprintln!("{}", describe_memory(&model, &session));

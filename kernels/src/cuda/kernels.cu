@@ -1,0 +1,668 @@
+// cheems CUDA kernels, compiled at run time with NVRTC (src/cuda/mod.rs). One launch per step of
+// the forward pass; every kernel that depends on the position reads it from `step`
+// (step[0] = token, step[1] = position), so one decode step is a fixed sequence of launches that
+// a CUDA graph can replay. Weight types use ggml's ids and block layouts (formats/src/blocks.rs):
+// F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, BF16 30 (k-quants are converted to F16
+// when the weights are uploaded). Quantized products follow llama.cpp's MMVQ: the activation is
+// quantized to int8 blocks of 32 with one f32 scale, and each weight block is an int8 dot
+// product (dp4a).
+
+#define T_F32 0
+#define T_F16 1
+#define T_Q4_0 2
+#define T_Q4_1 3
+#define T_Q5_0 6
+#define T_Q5_1 7
+#define T_Q8_0 8
+#define T_BF16 30
+
+#define INFINITY __int_as_float(0x7f800000)
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+__device__ __forceinline__ u16 ld16(const u8* p) { return *(const u16*)p; }
+
+// 4 bytes at a 2-aligned address.
+__device__ __forceinline__ u32 ld32_2(const u8* p) {
+    const u16* q = (const u16*)p;
+    return (u32)q[0] | ((u32)q[1] << 16);
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float block_sum(float v) {
+    __shared__ float red[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.0f;
+        s = warp_sum(s);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+__device__ float block_max(float v) {
+    __shared__ float red[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? red[lane] : -INFINITY;
+        s = warp_max(s);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+// Value j of a row of type ty (any type above).
+__device__ float dq(int ty, const u8* row, int j) {
+    switch (ty) {
+    case T_F32: return ((const float*)row)[j];
+    case T_F16: return h2f(((const u16*)row)[j]);
+    case T_BF16: return bf2f(((const u16*)row)[j]);
+    case T_Q8_0: {
+        const u8* b = row + (j >> 5) * 34;
+        return h2f(ld16(b)) * (float)(signed char)b[2 + (j & 31)];
+    }
+    case T_Q4_0: {
+        const u8* b = row + (j >> 5) * 18;
+        int i = j & 31;
+        int q = i < 16 ? (b[2 + i] & 15) : (b[2 + i - 16] >> 4);
+        return h2f(ld16(b)) * (float)(q - 8);
+    }
+    case T_Q4_1: {
+        const u8* b = row + (j >> 5) * 20;
+        int i = j & 31;
+        int q = i < 16 ? (b[4 + i] & 15) : (b[4 + i - 16] >> 4);
+        return h2f(ld16(b)) * (float)q + h2f(ld16(b + 2));
+    }
+    case T_Q5_0: {
+        const u8* b = row + (j >> 5) * 22;
+        int i = j & 31;
+        u32 qh = ld32_2(b + 2);
+        int q = (i < 16 ? (b[6 + i] & 15) : (b[6 + i - 16] >> 4)) | (((qh >> i) & 1) << 4);
+        return h2f(ld16(b)) * (float)(q - 16);
+    }
+    case T_Q5_1: {
+        const u8* b = row + (j >> 5) * 24;
+        int i = j & 31;
+        u32 qh = *(const u32*)(b + 4);
+        int q = (i < 16 ? (b[8 + i] & 15) : (b[8 + i - 16] >> 4)) | (((qh >> i) & 1) << 4);
+        return h2f(ld16(b)) * (float)q + h2f(ld16(b + 2));
+    }
+    }
+    return 0.0f;
+}
+
+// ---- element-wise -------------------------------------------------------------------------------
+
+// x[t] = row step[0 + 2t] of the embedding, for n tokens (grid.y = token).
+extern "C" __global__ void embed(int ty, const u8* w, long long row_bytes, const int* step,
+                                 float* x, int d) {
+    int t = blockIdx.y;
+    const u8* row = w + (long long)step[2 * t] * row_bytes;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
+        x[(long long)t * d + j] = dq(ty, row, j);
+}
+
+// out[r] = w ⊙ x[r] / sqrt(mean(x[r]²) + eps), one block per row (w shared by the rows).
+extern "C" __global__ void rmsnorm(const float* x, const float* w, float eps, float* out, int n) {
+    const float* xr = x + (long long)blockIdx.x * n;
+    float* o = out + (long long)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) ss += xr[j] * xr[j];
+    ss = block_sum(ss) / (float)n;
+    float inv = 1.0f / sqrtf(ss + eps);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) o[j] = w[j] * (xr[j] * inv);
+}
+
+// x = scale ⊙ x + b (scale NULL: x += b), over n values with the scale of period d.
+extern "C" __global__ void residual(float* x, const float* scale, const float* b, int n, int d) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    x[i] = scale ? scale[i % d] * x[i] + b[i] : x[i] + b[i];
+}
+
+// a = silu(a) ⊙ b
+extern "C" __global__ void silu_mul(float* a, const float* b, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) a[i] = silu(a[i]) * b[i];
+}
+
+// y[i] += b[i % d] over n values.
+extern "C" __global__ void add_bias(float* y, const float* b, int n, int d) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] += b[i % d];
+}
+
+// ---- products -----------------------------------------------------------------------------------
+
+// Activations to int8 blocks of 32: q = round(x / d), d = max|x| / 127 (ggml's q8_0/q8_1
+// quants). One warp per block.
+extern "C" __global__ void quantize_q8(const float* x, signed char* q, float* d, int n) {
+    int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (b * 32 >= n) return;
+    float v = x[b * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float s = amax / 127.0f;
+    float id = s != 0.0f ? 1.0f / s : 0.0f;
+    q[b * 32 + lane] = (signed char)roundf(v * id);
+    if (lane == 0) d[b] = s;
+}
+
+// One quarter (8 values) of block b of a quantized row against the activation's block: the
+// weight block's contribution, in units of the activation scale.
+template <int T>
+__device__ __forceinline__ float vdot(const u8* row, int b, int sub, const int* aq) {
+    int a0, a1, w0, w1;
+    if (T == T_Q8_0) {
+        const u8* blk = row + b * 34;
+        a0 = aq[2 * sub];
+        a1 = aq[2 * sub + 1];
+        w0 = (int)ld32_2(blk + 2 + 8 * sub);
+        w1 = (int)ld32_2(blk + 6 + 8 * sub);
+        return h2f(ld16(blk)) * (float)__dp4a(w0, a0, __dp4a(w1, a1, 0));
+    }
+    a0 = aq[sub];
+    a1 = aq[4 + sub];
+    int sumq = __dp4a(0x01010101, a0, __dp4a(0x01010101, a1, 0));
+    if (T == T_Q4_0) {
+        const u8* blk = row + b * 18;
+        u32 v = ld32_2(blk + 2 + 4 * sub);
+        w0 = (int)(v & 0x0F0F0F0Fu);
+        w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
+        int s = __dp4a(w0, a0, __dp4a(w1, a1, 0));
+        return h2f(ld16(blk)) * (float)(s - 8 * sumq);
+    }
+    if (T == T_Q4_1) {
+        const u8* blk = row + b * 20;
+        u32 v = *(const u32*)(blk + 4 + 4 * sub);
+        w0 = (int)(v & 0x0F0F0F0Fu);
+        w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
+        int s = __dp4a(w0, a0, __dp4a(w1, a1, 0));
+        return h2f(ld16(blk)) * (float)s + h2f(ld16(blk + 2)) * (float)sumq;
+    }
+    // Q5_0 / Q5_1: the fifth bit of value i is bit i of qh.
+    const u8* blk = row + b * (T == T_Q5_0 ? 22 : 24);
+    u32 qh = T == T_Q5_0 ? ld32_2(blk + 2) : *(const u32*)(blk + 4);
+    u32 v = T == T_Q5_0 ? ld32_2(blk + 6 + 4 * sub) : *(const u32*)(blk + 8 + 4 * sub);
+    u32 lo = qh >> (4 * sub), hi = qh >> (16 + 4 * sub);
+    u32 hl = ((lo & 1) << 4) | ((lo & 2) << 11) | ((lo & 4) << 18) | ((lo & 8) << 25);
+    u32 hh = ((hi & 1) << 4) | ((hi & 2) << 11) | ((hi & 4) << 18) | ((hi & 8) << 25);
+    w0 = (int)((v & 0x0F0F0F0Fu) | hl);
+    w1 = (int)(((v >> 4) & 0x0F0F0F0Fu) | hh);
+    int s = __dp4a(w0, a0, __dp4a(w1, a1, 0));
+    if (T == T_Q5_0) return h2f(ld16(blk)) * (float)(s - 16 * sumq);
+    return h2f(ld16(blk)) * (float)s + h2f(ld16(blk + 2)) * (float)sumq;
+}
+
+// y[t][r] = W[r] · x[t] (+ bias[r]) for a quantized W and ncols activation rows (int8 blocks q,
+// scales d, of nb blocks each). One warp per weight row; each row is read once for all ncols.
+template <int T, int NC>
+__device__ void mmvq(const u8* w, long long row_bytes, const signed char* q, const float* d,
+                     float* y, int rows, int nb, const float* bias) {
+    int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const u8* row = w + (long long)r * row_bytes;
+    float acc[NC];
+    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
+    for (int it = lane; it < nb * 4; it += 32) {
+        int b = it >> 2, sub = it & 3;
+        for (int c = 0; c < NC; c++) {
+            const int* aq = (const int*)(q + ((long long)c * nb + b) * 32);
+            acc[c] += d[c * nb + b] * vdot<T>(row, b, sub, aq);
+        }
+    }
+    for (int c = 0; c < NC; c++) {
+        float s = warp_sum(acc[c]);
+        if (lane == 0) y[(long long)c * rows + r] = s + (bias ? bias[r] : 0.0f);
+    }
+}
+
+#define MMVQ(name, T)                                                                          \
+    extern "C" __global__ void name##_1(const u8* w, long long rb, const signed char* q,       \
+                                        const float* d, float* y, int rows, int nb,            \
+                                        const float* bias) {                                   \
+        mmvq<T, 1>(w, rb, q, d, y, rows, nb, bias);                                            \
+    }                                                                                          \
+    extern "C" __global__ void name##_8(const u8* w, long long rb, const signed char* q,       \
+                                        const float* d, float* y, int rows, int nb,            \
+                                        const float* bias) {                                   \
+        mmvq<T, 8>(w, rb, q, d, y, rows, nb, bias);                                            \
+    }
+MMVQ(mmvq_q4_0, T_Q4_0)
+MMVQ(mmvq_q4_1, T_Q4_1)
+MMVQ(mmvq_q5_0, T_Q5_0)
+MMVQ(mmvq_q5_1, T_Q5_1)
+MMVQ(mmvq_q8_0, T_Q8_0)
+
+// Float weights (F32, F16, BF16) against f32 activations: y[t][r] = W[r] · x[t] (+ bias[r]),
+// one warp per row, 16-byte loads when the row allows it.
+template <int T, int NC>
+__device__ void mvf(const u8* w, long long row_bytes, const float* x, float* y, int rows,
+                    int cols, const float* bias) {
+    int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const u8* row = w + (long long)r * row_bytes;
+    float acc[NC];
+    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
+    if (T == T_F32) {
+        if ((cols & 3) == 0) {
+            const float4* wr = (const float4*)row;
+            for (int i = lane; i < cols / 4; i += 32) {
+                float4 v = wr[i];
+                for (int c = 0; c < NC; c++) {
+                    float4 a = ((const float4*)(x + (long long)c * cols))[i];
+                    acc[c] += v.x * a.x + v.y * a.y + v.z * a.z + v.w * a.w;
+                }
+            }
+        } else {
+            for (int i = lane; i < cols; i += 32)
+                for (int c = 0; c < NC; c++) acc[c] += ((const float*)row)[i] * x[(long long)c * cols + i];
+        }
+    } else {
+        if ((cols & 7) == 0) {
+            const uint4* wr = (const uint4*)row;
+            for (int i = lane; i < cols / 8; i += 32) {
+                uint4 v = wr[i];
+                u32 p[4] = {v.x, v.y, v.z, v.w};
+                float f[8];
+                for (int k = 0; k < 4; k++) {
+                    if (T == T_F16) {
+                        f[2 * k] = h2f((u16)(p[k] & 0xffff));
+                        f[2 * k + 1] = h2f((u16)(p[k] >> 16));
+                    } else {
+                        f[2 * k] = __uint_as_float(p[k] << 16);
+                        f[2 * k + 1] = __uint_as_float(p[k] & 0xffff0000u);
+                    }
+                }
+                for (int c = 0; c < NC; c++) {
+                    const float4* xa = (const float4*)(x + (long long)c * cols) + 2 * i;
+                    float4 a = xa[0], b = xa[1];
+                    acc[c] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x +
+                              f[5] * b.y + f[6] * b.z + f[7] * b.w;
+                }
+            }
+        } else {
+            for (int i = lane; i < cols; i += 32) {
+                u16 h = ((const u16*)row)[i];
+                float f = T == T_F16 ? h2f(h) : bf2f(h);
+                for (int c = 0; c < NC; c++) acc[c] += f * x[(long long)c * cols + i];
+            }
+        }
+    }
+    for (int c = 0; c < NC; c++) {
+        float s = warp_sum(acc[c]);
+        if (lane == 0) y[(long long)c * rows + r] = s + (bias ? bias[r] : 0.0f);
+    }
+}
+
+#define MVF(name, T)                                                                           \
+    extern "C" __global__ void name##_1(const u8* w, long long rb, const float* x, float* y,   \
+                                        int rows, int cols, const float* bias) {               \
+        mvf<T, 1>(w, rb, x, y, rows, cols, bias);                                              \
+    }                                                                                          \
+    extern "C" __global__ void name##_8(const u8* w, long long rb, const float* x, float* y,   \
+                                        int rows, int cols, const float* bias) {               \
+        mvf<T, 8>(w, rb, x, y, rows, cols, bias);                                              \
+    }
+MVF(mv_f32, T_F32)
+MVF(mv_f16, T_F16)
+MVF(mv_bf16, T_BF16)
+
+// ---- RoPE ---------------------------------------------------------------------------------------
+
+// Rotates each `dim`-sized chunk of the `width` values at x + t·stride of each of the grid.y
+// tokens (token t at position step[1] + t), as blocks/rope.rs does: angle = (pos / linear) *
+// inv_freq[i], or with dynamic NTK (dyn_factor > 0, pos + 1 > dyn_orig) the frequency of the
+// recomputed base (in double, as the CPU). pairing 0: (i, i + dim/2); 1: (2i, 2i + 1).
+extern "C" __global__ void rope(float* x, long long stride, int width, int dim, int pairing,
+                                const int* step,
+                                const float* inv_freq, float theta, float linear,
+                                float dyn_factor, int dyn_orig) {
+    int t = blockIdx.y;
+    int half = dim / 2;
+    int n_pairs = (width / dim) * half;
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n_pairs) return;
+    int chunk = idx / half, i = idx % half;
+    int pos = step[1] + t;
+    float p = (float)pos / linear;
+    float f;
+    if (dyn_factor > 0.0f && pos + 1 > dyn_orig) {
+        double dd = (double)dim;
+        double base = (double)theta *
+                      pow((double)dyn_factor * (double)(pos + 1) / (double)dyn_orig -
+                              ((double)dyn_factor - 1.0),
+                          dd / (dd - 2.0));
+        f = (float)(1.0 / pow(base, (double)(2 * i) / dd));
+    } else {
+        f = inv_freq[i];
+    }
+    float s, c;
+    sincosf(p * f, &s, &c);
+    float* h = x + (long long)t * stride + chunk * dim;
+    int a = pairing == 0 ? i : 2 * i;
+    int b = pairing == 0 ? i + half : 2 * i + 1;
+    float x0 = h[a], x1 = h[b];
+    h[a] = x0 * c - x1 * s;
+    h[b] = x0 * s + x1 * c;
+}
+
+// ---- attention ----------------------------------------------------------------------------------
+
+// Appends token t's keys and values (grid.y = t) to a plain KV cache at row step[1] + t.
+extern "C" __global__ void kv_append(const float* k, const float* v, float* kc, float* vc,
+                                     int kvd, const int* step) {
+    int t = blockIdx.y;
+    long long at = (long long)(step[1] + t) * kvd;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < kvd; i += gridDim.x * blockDim.x) {
+        kc[at + i] = k[(long long)t * kvd + i];
+        vc[at + i] = v[(long long)t * kvd + i];
+    }
+}
+
+// One query head per block: out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j over the keys of its
+// KV head g = h / group. Key j of head g is at kc + g·head_stride + j·row_stride; the number of
+// keys is lens[g], or step[1] + 1 + t when lens is NULL (plain causal attention of token t).
+// bias (DMA scores) is [g][bias_stride]. att: [n_heads][max_keys] scratch.
+extern "C" __global__ void attention(const float* q, const float* kc, const float* vc,
+                                     float* out, float* att, int group, int hd,
+                                     long long head_stride, int row_stride, const int* lens,
+                                     const float* bias, int bias_stride, int max_keys,
+                                     float scale, const int* step) {
+    int h = blockIdx.x, t = blockIdx.y, nh = gridDim.x;
+    int g = h / group;
+    int n = lens ? lens[g] : step[1] + 1 + t;
+    const float* qh = q + ((long long)t * nh + h) * hd;
+    const float* kb = kc + g * head_stride;
+    const float* vb = vc + g * head_stride;
+    float* a = att + ((long long)t * nh + h) * max_keys;
+    __shared__ float qs[256];
+    __shared__ float part[1024];
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qh[i];
+    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float mx = -INFINITY;
+    for (int j = w; j < n; j += nw) {
+        const float* kj = kb + (long long)j * row_stride;
+        float s = 0.0f;
+        for (int i = lane; i < hd; i += 32) s += qs[i] * kj[i];
+        s = warp_sum(s) * scale + (bias ? bias[g * bias_stride + j] : 0.0f);
+        if (lane == 0) a[j] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = expf(a[j] - mx);
+        a[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);
+    float inv = 1.0f / sum;
+    // Values: thread (s, i) sums the keys j ≡ s (mod slices) of dimension i.
+    int slices = blockDim.x / hd;
+    if (slices < 1) slices = 1;
+    int sl = threadIdx.x / hd, i = threadIdx.x % hd;
+    float acc = 0.0f;
+    if (sl < slices)
+        for (int j = sl; j < n; j += slices) acc += a[j] * vb[(long long)j * row_stride + i];
+    if (sl < slices) part[sl * hd + i] = acc;
+    __syncthreads();
+    if (threadIdx.x < hd) {
+        float s = 0.0f;
+        for (int k = 0; k < slices; k++) s += part[k * hd + threadIdx.x];
+        out[((long long)t * nh + h) * hd + threadIdx.x] = s * inv;
+    }
+}
+
+// DMA: offers token t's key and value of KV head g (= blockIdx.x) to the bounded cache with
+// score exp(A_g · softplus(dt_g + bias_g)); evicts the lowest score (ties: the oldest), and
+// drops a newcomer that scores below every entry (blocks/dma.rs, DmaCache::insert).
+extern "C" __global__ void dma_insert(const float* k, const float* v, const float* dt,
+                                      const float* dt_bias, const float* a, float* kc,
+                                      float* vc, float* score, int* pos, int* lens, int kw,
+                                      int hd, int n_kv, int t, const int* step) {
+    int g = blockIdx.x;
+    int kvd = n_kv * hd;
+    float d = dt[t * n_kv + g] + (dt_bias ? dt_bias[g] : 0.0f);
+    float sc = expf(a[g] * softplus(d));
+    __shared__ int slot;
+    __shared__ float bs[1024];
+    __shared__ int bi[1024];
+    int len = lens[g];
+    float* s = score + (long long)g * kw;
+    int* ps = pos + (long long)g * kw;
+    if (len < kw) {
+        if (threadIdx.x == 0) slot = len;
+    } else {
+        // Lowest score, ties: oldest position.
+        float best = INFINITY;
+        int bidx = -1;
+        for (int i = threadIdx.x; i < kw; i += blockDim.x) {
+            if (bidx < 0 || s[i] < best || (s[i] == best && ps[i] < ps[bidx])) {
+                best = s[i];
+                bidx = i;
+            }
+        }
+        bs[threadIdx.x] = best;
+        bi[threadIdx.x] = bidx;
+        __syncthreads();
+        for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+            if (threadIdx.x < o) {
+                float b2 = bs[threadIdx.x + o];
+                int i2 = bi[threadIdx.x + o];
+                int i1 = bi[threadIdx.x];
+                if (i2 >= 0 && (i1 < 0 || b2 < bs[threadIdx.x] ||
+                                (b2 == bs[threadIdx.x] && ps[i2] < ps[i1]))) {
+                    bs[threadIdx.x] = b2;
+                    bi[threadIdx.x] = i2;
+                }
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) slot = sc < bs[0] ? -1 : bi[0];
+    }
+    __syncthreads();
+    int sl = slot;
+    if (sl < 0) return;
+    long long at = ((long long)g * kw + sl) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        kc[at + i] = k[(long long)t * kvd + g * hd + i];
+        vc[at + i] = v[(long long)t * kvd + g * hd + i];
+    }
+    if (threadIdx.x == 0) {
+        s[sl] = sc;
+        ps[sl] = step[1] + t;
+        if (len < kw) lens[g] = len + 1;
+    }
+}
+
+// ---- SSD (Mamba-2) ------------------------------------------------------------------------------
+
+// Causal depthwise conv of token t (grid.y) over the conv state, then SiLU; shifts the state.
+// Tokens must run in order (one launch per token, t the row in the batch).
+extern "C" __global__ void ssd_conv(const float* zx, int zx_stride, int x_off, float* state,
+                                    const float* w, const float* bias, float* xbc, int cd,
+                                    int dconv, int t) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= cd) return;
+    const float* in = zx + (long long)t * zx_stride + x_off;
+    float* hist = state + (long long)ch * (dconv - 1);
+    const float* taps = w + (long long)ch * dconv;
+    float acc = bias ? bias[ch] : 0.0f;
+    for (int k = 0; k < dconv - 1; k++) acc += taps[k] * hist[k];
+    float cur = in[ch];
+    acc += taps[dconv - 1] * cur;
+    for (int k = 0; k + 1 < dconv - 1; k++) hist[k] = hist[k + 1];
+    if (dconv > 1) hist[dconv - 2] = cur;
+    xbc[(long long)t * cd + ch] = silu(acc);
+}
+
+// One token's SSM step, one block per head: state = state·exp(Δ·A) + Δ·x·Bᵀ, y = state·C + D·x.
+// xbc: [x (d_inner) | B (groups·n) | C (groups·n)]; dt_raw at zx[t·zx_stride + dt_off + h].
+extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, int zx_stride,
+                                    int dt_off, const float* dt_bias, const float* a,
+                                    const float* dskip, float* ssm, float* y, int p, int n,
+                                    int n_groups, int d_inner, int t) {
+    int h = blockIdx.x, nh = gridDim.x;
+    int g = h / (nh / n_groups);
+    const float* row = xbc + (long long)t * cd;
+    const float* x = row + h * p;
+    const float* B = row + d_inner + g * n;
+    const float* C = row + d_inner + n_groups * n + g * n;
+    float dt = softplus(zx[(long long)t * zx_stride + dt_off + h] + dt_bias[h]);
+    float da = expf(dt * a[h]);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int i = w; i < p; i += nw) {
+        float xi = x[i];
+        float dtx = dt * xi;
+        float* st = ssm + ((long long)h * p + i) * n;
+        float acc = 0.0f;
+        for (int k = lane; k < n; k += 32) {
+            float s = st[k] * da + dtx * B[k];
+            st[k] = s;
+            acc += s * C[k];
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) y[(long long)t * d_inner + h * p + i] = acc + dskip[h] * xi;
+    }
+}
+
+// y = RMSNorm_groups(y ⊙ silu(z)) in place; one block per (group, token) (grid.x, grid.y).
+extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, const float* w,
+                                     float eps, int d_inner) {
+    int gs = d_inner / gridDim.x;
+    int t = blockIdx.y;
+    float* yg = y + (long long)t * d_inner + blockIdx.x * gs;
+    const float* z = zx + (long long)t * zx_stride + blockIdx.x * gs;
+    const float* wg = w + blockIdx.x * gs;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < gs; j += blockDim.x) {
+        float v = yg[j] * silu(z[j]);
+        yg[j] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss) / (float)gs;
+    float inv = 1.0f / sqrtf(ss + eps);
+    for (int j = threadIdx.x; j < gs; j += blockDim.x) yg[j] = wg[j] * (yg[j] * inv);
+}
+
+// ---- CDMoE --------------------------------------------------------------------------------------
+
+// Natural per-token routing of token t (grid.x) on the device (blocks/cdmoe.rs, route): the top
+// m = min(k, nk) of each half of the router scores, the m² sums, the top k of those (ties:
+// lower expert id), and their softmax weights. idx/wt: [t][k]. One block of at least
+// max(nk, m²) threads... (looped when fewer).
+extern "C" __global__ void moe_route(const float* router, int nk, int k, int* idx, float* wt) {
+    int t = blockIdx.x;
+    const float* rx = router + (long long)t * 2 * nk;
+    const float* ry = rx + nk;
+    int m = k < nk ? k : nk;
+    __shared__ int tx[64], ty[64];
+    __shared__ float cs[4096];
+    __shared__ int ce[4096];
+    __shared__ float top[64];
+    __shared__ int tope[64];
+    for (int i = threadIdx.x; i < nk; i += blockDim.x) {
+        int rankx = 0, ranky = 0;
+        for (int j = 0; j < nk; j++) {
+            if (rx[j] > rx[i] || (rx[j] == rx[i] && j < i)) rankx++;
+            if (ry[j] > ry[i] || (ry[j] == ry[i] && j < i)) ranky++;
+        }
+        if (rankx < m) tx[rankx] = i;
+        if (ranky < m) ty[ranky] = i;
+    }
+    __syncthreads();
+    int mm = m * m;
+    for (int c = threadIdx.x; c < mm; c += blockDim.x) {
+        int i = tx[c / m], j = ty[c % m];
+        cs[c] = rx[i] + ry[j];
+        ce[c] = i * nk + j;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < mm; c += blockDim.x) {
+        float s = cs[c];
+        int e = ce[c], rank = 0;
+        for (int o = 0; o < mm; o++)
+            if (cs[o] > s || (cs[o] == s && ce[o] < e)) rank++;
+        if (rank < k) {
+            top[rank] = s;
+            tope[rank] = e;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float mx = top[0], total = 0.0f;
+        for (int r = 0; r < k; r++) total += expf(top[r] - mx);
+        for (int r = 0; r < k; r++) {
+            idx[t * k + r] = tope[r];
+            wt[t * k + r] = expf(top[r] - mx) / total;
+        }
+    }
+}
+
+// alpha[t][r] = silu(down_e · x[t]) · wt[t][r] for the k chosen experts (block (r, t)); expert
+// e's rows are at down + e·stride and up + e·stride.
+extern "C" __global__ void moe_alpha(int ty, const u8* down, long long stride, const float* x,
+                                     int h, const int* idx, const float* wt, float* alpha, int k) {
+    int r = blockIdx.x, t = blockIdx.y;
+    int e = idx[t * k + r];
+    const u8* row = down + (long long)e * stride;
+    const float* xt = x + (long long)t * h;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) s += dq(ty, row, j) * xt[j];
+    s = block_sum(s);
+    if (threadIdx.x == 0) alpha[t * k + r] = silu(s) * wt[t * k + r];
+}
+
+// out[t] += Σ_r alpha[t][r] · up_{e_r}
+extern "C" __global__ void moe_up(int ty, const u8* up, long long stride, const int* idx,
+                                  const float* alpha, float* out, int h, int k) {
+    int t = blockIdx.y;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= h) return;
+    float acc = 0.0f;
+    for (int r = 0; r < k; r++) {
+        const u8* row = up + (long long)idx[t * k + r] * stride;
+        acc += alpha[t * k + r] * dq(ty, row, j);
+    }
+    out[(long long)t * h + j] += acc;
+}

@@ -1,0 +1,1369 @@
+//! The optional CUDA engine (cargo feature `cuda`): a model's weights uploaded once per GPU, and a
+//! [`GpuSession`] that runs a [`crate::Session`]'s forward pass on the device. The driver is
+//! loaded at run time (`cudarc` with dynamic loading: one binary runs with or without a GPU) and
+//! the kernels (`kernels/src/cuda/kernels.cu`) are compiled at run time with NVRTC, once per
+//! process and device. Without the feature, `off.rs` provides the same types, whose constructors
+//! return a clear error.
+//!
+//! A decode step is a fixed sequence of launches that read the token and position from a small
+//! device buffer, so it is captured once as a CUDA graph and replayed: per token the host copies
+//! 8 bytes in, launches the graph and copies the logits row out (the sampler stays on the host).
+//! The whole forward pass stays on the device: RMSNorm, RoPE, attention over the cache, the DMA
+//! score and bounded cache, the SSD conv and step, CDMoE routing (router scores never leave the
+//! device) and the expert gather. Prompts are fed token by token through the same graph (no
+//! batched prefill yet).
+//!
+//! Weight types: F32, F16, BF16 (f32 activations), Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (int8 dot
+//! products against activations quantized to int8 blocks of 32, as llama.cpp's MMVQ). K-quants
+//! (Q4_K, Q5_K, Q6_K) are dequantized to F16 when uploaded.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cheems_formats::GgmlType;
+use cudarc::driver::{result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaModule};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use crate::blocks::attention::KvCache;
+use crate::blocks::cdmoe::Experts;
+use crate::blocks::dma::DmaCache;
+use crate::blocks::ssd::SsdState;
+use crate::config::{Config, RopePairing};
+use crate::model::{Ffn, Mixer, Model};
+use crate::snapshot::LayerState as State;
+use crate::weights::Mat;
+use cheems_kernels::matvec::MatRef;
+
+pub mod ops;
+
+/// The kernels' CUDA C source.
+pub const SOURCE: &str = cheems_kernels::CUDA_SOURCE;
+
+/// Every kernel the engine launches.
+const KERNELS: &[&str] = &[
+    "embed",
+    "rmsnorm",
+    "residual",
+    "silu_mul",
+    "add_bias",
+    "quantize_q8",
+    "mmvq_q4_0_1",
+    "mmvq_q4_1_1",
+    "mmvq_q5_0_1",
+    "mmvq_q5_1_1",
+    "mmvq_q8_0_1",
+    "mv_f32_1",
+    "mv_f16_1",
+    "mv_bf16_1",
+    "rope",
+    "kv_append",
+    "attention",
+    "dma_insert",
+    "ssd_conv",
+    "ssd_step",
+    "gate_norm",
+    "moe_route",
+    "moe_alpha",
+    "moe_up",
+];
+
+/// Compiles the kernels to PTX for a compute capability (`(9, 0)`: `compute_90`). Needs NVRTC
+/// (`libnvrtc.so.13`), not a GPU.
+pub fn compile(cc: (i32, i32)) -> Result<cudarc::nvrtc::Ptx> {
+    // SAFETY: probes for the shared library with dlopen; nothing else is touched.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        bail!(
+            "NVRTC (libnvrtc.so.13) was not found: install CUDA 13's NVRTC (e.g. `pip install \
+             nvidia-cuda-nvrtc`) and add its lib directory to LD_LIBRARY_PATH"
+        );
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        options: vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
+        .map_err(|e| anyhow!("compiling the CUDA kernels with NVRTC: {e:?}"))
+}
+
+/// One GPU: its context, the stream every session on it uses, and the compiled kernels.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    name: String,
+    ordinal: usize,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu(cuda:{} {})", self.ordinal, self.name)
+    }
+}
+
+/// The device `cuda:ordinal`, opened (and its kernels compiled) once per process.
+pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
+    static GPUS: OnceLock<Mutex<Vec<Arc<Gpu>>>> = OnceLock::new();
+    let mut gpus = GPUS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| anyhow!("the GPU table was poisoned by a panic"))?;
+    if let Some(g) = gpus.iter().find(|g| g.ordinal == ordinal) {
+        return Ok(g.clone());
+    }
+    let g = Arc::new(Gpu::open(ordinal).with_context(|| format!("cannot use cuda:{ordinal}"))?);
+    gpus.push(g.clone());
+    Ok(g)
+}
+
+impl Gpu {
+    fn open(ordinal: usize) -> Result<Self> {
+        // SAFETY: probes for the shared library with dlopen; nothing else is touched.
+        if !unsafe { sys::is_culib_present() } {
+            bail!("no NVIDIA driver found (libcuda.so): --device cuda needs an NVIDIA GPU and its driver");
+        }
+        let n = CudaContext::device_count().map_err(|e| anyhow!("no usable GPU: {e}"))?;
+        if ordinal >= n.max(0) as usize {
+            bail!("the driver sees {n} GPU(s)");
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // SAFETY: one stream per context and no cudarc-managed buffers are shared between
+        // streams, so cudarc's event tracking is not needed (and kernels are launched raw).
+        unsafe { ctx.disable_event_tracking() };
+        let cc = ctx.compute_capability()?;
+        if cc < (6, 1) {
+            bail!(
+                "compute capability {}.{}: the kernels need 6.1 or later (dp4a)",
+                cc.0,
+                cc.1
+            );
+        }
+        let ptx = compile(cc)?;
+        let module = ctx.load_module(ptx)?;
+        let mut funcs = HashMap::new();
+        for &k in KERNELS {
+            funcs.insert(
+                k,
+                module
+                    .load_function(k)
+                    .with_context(|| format!("kernel `{k}`"))?,
+            );
+        }
+        let stream = ctx.new_stream()?;
+        Ok(Gpu {
+            name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+            ctx,
+            stream,
+            _module: module,
+            funcs,
+            ordinal,
+        })
+    }
+
+    /// The device's name (e.g. "NVIDIA H200").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Launches kernel `name` on `stream`. Each argument is one kernel parameter passed as 8
+    /// bytes: device pointers and `long long` as they are, `int` and `float` parameters in the
+    /// low 4 bytes ([`i`], [`f`]), which is what the kernel reads on a little-endian host.
+    fn launch(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        grid: (usize, usize),
+        block: usize,
+        args: &[u64],
+    ) -> Result<()> {
+        const MAX: usize = 20;
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| anyhow!("no kernel `{name}`"))?;
+        if args.len() > MAX {
+            bail!("kernel `{name}`: {} arguments", args.len());
+        }
+        let mut vals = [0u64; MAX];
+        vals[..args.len()].copy_from_slice(args);
+        let mut ptrs = [std::ptr::null_mut::<c_void>(); MAX];
+        for (p, v) in ptrs.iter_mut().zip(vals.iter_mut()) {
+            *p = (v as *mut u64).cast();
+        }
+        // SAFETY: `f` belongs to this context's module; every parameter pointer points into
+        // `vals`, which outlives the call (cuLaunchKernel copies the values), and each kernel's
+        // parameters are at most 8 bytes, as documented above; the device pointers passed are
+        // buffers this engine allocated with the sizes the kernels index.
+        unsafe {
+            cu::launch_kernel(
+                f.cu_function(),
+                (grid.0.max(1) as u32, grid.1.max(1) as u32, 1),
+                (block as u32, 1, 1),
+                0,
+                stream.cu_stream(),
+                &mut ptrs[..args.len()],
+            )
+        }
+        .with_context(|| format!("launching `{name}`"))
+    }
+}
+
+/// An `int` kernel parameter.
+fn i(v: usize) -> u64 {
+    u64::from(v as u32)
+}
+
+/// A `float` kernel parameter.
+fn f(v: f32) -> u64 {
+    u64::from(v.to_bits())
+}
+
+/// Device memory owned by a [`Pool`]: the raw pointer handed to kernels.
+type DPtr = u64;
+
+/// Owns device buffers; hands out their raw pointers.
+#[derive(Default)]
+struct Pool {
+    bufs: Vec<CudaSlice<u8>>,
+    bytes: usize,
+}
+
+impl Pool {
+    fn push(&mut self, s: CudaSlice<u8>, stream: &Arc<CudaStream>) -> DPtr {
+        let p = {
+            let (p, _sync) = s.device_ptr(stream);
+            p
+        };
+        self.bytes += s.len();
+        self.bufs.push(s);
+        p
+    }
+
+    fn upload(&mut self, gpu: &Gpu, b: &[u8]) -> Result<DPtr> {
+        if b.is_empty() {
+            return self.zeros(gpu, 4);
+        }
+        let s = gpu.stream.clone_htod(b)?;
+        Ok(self.push(s, &gpu.stream))
+    }
+
+    fn floats(&mut self, gpu: &Gpu, v: &[f32]) -> Result<DPtr> {
+        let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.upload(gpu, &b)
+    }
+
+    fn opt_floats(&mut self, gpu: &Gpu, v: &Option<Vec<f32>>) -> Result<DPtr> {
+        match v {
+            Some(v) => self.floats(gpu, v),
+            None => Ok(0),
+        }
+    }
+
+    fn zeros(&mut self, gpu: &Gpu, bytes: usize) -> Result<DPtr> {
+        let s = gpu.stream.alloc_zeros::<u8>(bytes.max(4))?;
+        Ok(self.push(s, &gpu.stream))
+    }
+}
+
+/// A weight matrix on the device, in a type the kernels read.
+#[derive(Clone, Copy, Debug)]
+struct GMat {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    ptr: DPtr,
+    row_bytes: usize,
+}
+
+impl GMat {
+    fn quantized(&self) -> bool {
+        !matches!(self.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    }
+}
+
+/// Uploads a matrix in its stored type, or as F16 for the types the kernels do not read.
+fn upload_mat(pool: &mut Pool, gpu: &Gpu, m: &Mat, map: &[u8]) -> Result<GMat> {
+    upload_matref(pool, gpu, &m.get(map))
+}
+
+fn upload_matref(pool: &mut Pool, gpu: &Gpu, r: &MatRef<'_>) -> Result<GMat> {
+    use GgmlType::*;
+    if matches!(r.ty, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0) {
+        return Ok(GMat {
+            ty: r.ty,
+            rows: r.rows,
+            cols: r.cols,
+            ptr: pool.upload(gpu, r.data)?,
+            row_bytes: r.row_bytes(),
+        });
+    }
+    let mut row = vec![0f32; r.cols];
+    let mut out = Vec::with_capacity(r.rows * r.cols * 2);
+    for i in 0..r.rows {
+        cheems_formats::blocks::dequantize_row(r.ty, r.row(i), &mut row)
+            .map_err(|e| anyhow!("dequantizing a {} matrix for the GPU: {e}", r.ty))?;
+        out.extend(
+            row.iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()),
+        );
+    }
+    Ok(GMat {
+        ty: F16,
+        rows: r.rows,
+        cols: r.cols,
+        ptr: pool.upload(gpu, &out)?,
+        row_bytes: r.cols * 2,
+    })
+}
+
+/// The product kernel of a device matrix type.
+fn product_kernel(ty: GgmlType) -> Result<&'static str> {
+    Ok(match ty {
+        GgmlType::Q4_0 => "mmvq_q4_0_1",
+        GgmlType::Q4_1 => "mmvq_q4_1_1",
+        GgmlType::Q5_0 => "mmvq_q5_0_1",
+        GgmlType::Q5_1 => "mmvq_q5_1_1",
+        GgmlType::Q8_0 => "mmvq_q8_0_1",
+        GgmlType::F32 => "mv_f32_1",
+        GgmlType::F16 => "mv_f16_1",
+        GgmlType::BF16 => "mv_bf16_1",
+        other => bail!("no CUDA product for {other}"),
+    })
+}
+
+/// Launches `y = W x (+ bias)`, quantizing `x` into `act` (`[q | d]` buffers) first when W is
+/// quantized and `quantize` is set.
+#[allow(clippy::too_many_arguments)]
+fn launch_product(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    w: &GMat,
+    x: DPtr,
+    y: DPtr,
+    bias: DPtr,
+    act: (DPtr, DPtr),
+    quantize: bool,
+) -> Result<()> {
+    let name = product_kernel(w.ty)?;
+    let grid = (w.rows.div_ceil(4), 1);
+    let rb = w.row_bytes as u64;
+    if w.quantized() {
+        let nb = w.cols / 32;
+        if quantize {
+            gpu.launch(
+                stream,
+                "quantize_q8",
+                (nb.div_ceil(4), 1),
+                128,
+                &[x, act.0, act.1, i(w.cols)],
+            )?;
+        }
+        let a = [w.ptr, rb, act.0, act.1, y, i(w.rows), i(nb), bias];
+        gpu.launch(stream, name, grid, 128, &a)
+    } else {
+        let a = [w.ptr, rb, x, y, i(w.rows), i(w.cols), bias];
+        gpu.launch(stream, name, grid, 128, &a)
+    }
+}
+
+#[derive(Debug)]
+struct GQkvo {
+    q: GMat,
+    k: GMat,
+    v: GMat,
+    o: GMat,
+    q_bias: DPtr,
+    k_bias: DPtr,
+    v_bias: DPtr,
+    o_bias: DPtr,
+}
+
+#[derive(Debug)]
+enum GMixer {
+    Attention(GQkvo),
+    Dma {
+        proj: GQkvo,
+        q_norm: DPtr,
+        k_norm: DPtr,
+        dt: GMat,
+        dt_bias: DPtr,
+        a: DPtr,
+    },
+    Ssd {
+        in_proj: GMat,
+        in_bias: DPtr,
+        conv_w: DPtr,
+        conv_b: DPtr,
+        dt_bias: DPtr,
+        a: DPtr,
+        d: DPtr,
+        norm: DPtr,
+        out_proj: GMat,
+        out_bias: DPtr,
+        /// 0 when B and C are not rotated.
+        rope_inv_freq: DPtr,
+    },
+}
+
+#[derive(Debug)]
+struct GMlp {
+    gate: GMat,
+    up: GMat,
+    down: GMat,
+}
+
+#[derive(Debug)]
+enum GFfn {
+    Mlp(GMlp),
+    CdMoe {
+        shared: GMlp,
+        router: GMat,
+        /// Expert e's down row at `down + e·stride`, its up row at `up + e·stride`.
+        ty: GgmlType,
+        down: DPtr,
+        up: DPtr,
+        stride: usize,
+        n_keys: usize,
+        n_used: usize,
+    },
+}
+
+#[derive(Debug)]
+struct GLayer {
+    attn_norm: DPtr,
+    attn_residual: DPtr,
+    mixer: GMixer,
+    /// (norm, skip scale or 0, FFN)
+    ffn: Option<(DPtr, DPtr, GFfn)>,
+}
+
+/// A model's weights on one GPU, uploaded once and shared by its sessions.
+pub struct GpuWeights {
+    gpu: Arc<Gpu>,
+    _pool: Pool,
+    embed: GMat,
+    output: GMat,
+    output_norm: DPtr,
+    /// RoPE inverse frequencies of the unscaled base (0 without RoPE).
+    rope_inv_freq: DPtr,
+    layers: Vec<GLayer>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for GpuWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuWeights({:?}, {} bytes)", self.gpu, self.bytes)
+    }
+}
+
+/// Where a model keeps its uploaded weights, per GPU.
+#[derive(Debug, Default)]
+pub struct WeightCache(Mutex<Vec<Arc<GpuWeights>>>);
+
+fn upload_qkvo(
+    pool: &mut Pool,
+    gpu: &Gpu,
+    p: &crate::blocks::attention::Qkvo,
+    map: &[u8],
+) -> Result<GQkvo> {
+    Ok(GQkvo {
+        q: upload_mat(pool, gpu, &p.q, map)?,
+        k: upload_mat(pool, gpu, &p.k, map)?,
+        v: upload_mat(pool, gpu, &p.v, map)?,
+        o: upload_mat(pool, gpu, &p.o, map)?,
+        q_bias: pool.opt_floats(gpu, &p.q_bias)?,
+        k_bias: pool.opt_floats(gpu, &p.k_bias)?,
+        v_bias: pool.opt_floats(gpu, &p.v_bias)?,
+        o_bias: pool.opt_floats(gpu, &p.o_bias)?,
+    })
+}
+
+fn upload_mlp(pool: &mut Pool, gpu: &Gpu, m: &crate::blocks::mlp::Mlp, map: &[u8]) -> Result<GMlp> {
+    Ok(GMlp {
+        gate: upload_mat(pool, gpu, &m.gate, map)?,
+        up: upload_mat(pool, gpu, &m.up, map)?,
+        down: upload_mat(pool, gpu, &m.down, map)?,
+    })
+}
+
+impl GpuWeights {
+    /// The model's weights on `gpu`, uploaded on first use.
+    pub fn get(model: &Model, gpu: &Arc<Gpu>) -> Result<Arc<GpuWeights>> {
+        let mut cache = model
+            .gpu_weights
+            .0
+            .lock()
+            .map_err(|_| anyhow!("the model's GPU weights were poisoned by a panic"))?;
+        if let Some(w) = cache.iter().find(|w| w.gpu.ordinal == gpu.ordinal) {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(Self::upload(model, gpu)?);
+        cache.push(w.clone());
+        Ok(w)
+    }
+
+    fn upload(model: &Model, gpu: &Arc<Gpu>) -> Result<Self> {
+        let c = &model.config;
+        if model.experts.is_some() {
+            bail!("a bound on the expert cache (--expert-cache) is CPU-only: on CUDA every expert is uploaded");
+        }
+        if c.head_dim > 256 {
+            bail!(
+                "head_dim {}: the CUDA attention kernel supports at most 256",
+                c.head_dim
+            );
+        }
+        if c.n_experts > 0 && (c.n_keys() > 64 || c.n_experts_used > 64) {
+            bail!("CDMoE with more than 64x64 experts or 64 used is not supported on CUDA");
+        }
+        let map = model.map();
+        let mut pool = Pool::default();
+        let g = &**gpu;
+        let embed = upload_mat(&mut pool, g, &model.embed, map)?;
+        let output = if model.output.range() == model.embed.range() {
+            embed
+        } else {
+            upload_mat(&mut pool, g, &model.output, map)?
+        };
+        let output_norm = pool.floats(g, &model.output_norm)?;
+        let rope_inv_freq = match &c.rope {
+            Some(r) => {
+                let inv: Vec<f32> = (0..r.dim / 2)
+                    .map(|i| 1.0 / r.theta.powf((2 * i) as f32 / r.dim as f32))
+                    .collect();
+                pool.floats(g, &inv)?
+            }
+            None => 0,
+        };
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for l in &model.layers {
+            let mixer = match &l.mixer {
+                Mixer::Attention(a) => GMixer::Attention(upload_qkvo(&mut pool, g, &a.proj, map)?),
+                Mixer::Dma(d) => GMixer::Dma {
+                    proj: upload_qkvo(&mut pool, g, &d.proj, map)?,
+                    q_norm: pool.floats(g, &d.q_norm)?,
+                    k_norm: pool.floats(g, &d.k_norm)?,
+                    dt: upload_mat(&mut pool, g, &d.dt, map)?,
+                    dt_bias: pool.opt_floats(g, &d.dt_bias)?,
+                    a: pool.floats(g, &d.a)?,
+                },
+                Mixer::Ssd(s) => GMixer::Ssd {
+                    in_proj: upload_mat(&mut pool, g, &s.in_proj, map)?,
+                    in_bias: pool.opt_floats(g, &s.in_bias)?,
+                    conv_w: pool.floats(g, &s.conv_w)?,
+                    conv_b: pool.opt_floats(g, &s.conv_b)?,
+                    dt_bias: pool.floats(g, &s.dt_bias)?,
+                    a: pool.floats(g, &s.a)?,
+                    d: pool.floats(g, &s.d)?,
+                    norm: pool.floats(g, &s.norm)?,
+                    out_proj: upload_mat(&mut pool, g, &s.out_proj, map)?,
+                    out_bias: pool.opt_floats(g, &s.out_bias)?,
+                    rope_inv_freq: if s.rope_inv_freq.is_empty() {
+                        0
+                    } else {
+                        pool.floats(g, &s.rope_inv_freq)?
+                    },
+                },
+            };
+            let ffn = match &l.ffn {
+                None => None,
+                Some((norm, res, ffn)) => {
+                    let ffn = match ffn {
+                        Ffn::Mlp(m) => GFfn::Mlp(upload_mlp(&mut pool, g, m, map)?),
+                        Ffn::CdMoe(m) => {
+                            let (ty, down, up, stride) = match &m.experts {
+                                Experts::Records(r) => {
+                                    let gm = upload_mat(&mut pool, g, r, map)?;
+                                    (
+                                        gm.ty,
+                                        gm.ptr,
+                                        gm.ptr + gm.row_bytes as u64,
+                                        2 * gm.row_bytes,
+                                    )
+                                }
+                                Experts::Tables { down, up } => {
+                                    let d = upload_mat(&mut pool, g, down, map)?;
+                                    let u = upload_mat(&mut pool, g, up, map)?;
+                                    (d.ty, d.ptr, u.ptr, d.row_bytes)
+                                }
+                            };
+                            GFfn::CdMoe {
+                                shared: upload_mlp(&mut pool, g, &m.shared, map)?,
+                                router: upload_mat(&mut pool, g, &m.router, map)?,
+                                ty,
+                                down,
+                                up,
+                                stride,
+                                n_keys: m.n_keys,
+                                n_used: m.n_used,
+                            }
+                        }
+                    };
+                    Some((pool.floats(g, norm)?, pool.opt_floats(g, res)?, ffn))
+                }
+            };
+            layers.push(GLayer {
+                attn_norm: pool.floats(g, &l.attn_norm)?,
+                attn_residual: pool.opt_floats(g, &l.attn_residual)?,
+                mixer,
+                ffn,
+            });
+        }
+        gpu.stream.synchronize()?;
+        Ok(GpuWeights {
+            gpu: gpu.clone(),
+            bytes: pool.bytes,
+            _pool: pool,
+            embed,
+            output,
+            output_norm,
+            rope_inv_freq,
+            layers,
+        })
+    }
+
+    /// Bytes of device memory the weights take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// One layer's state on the device.
+#[derive(Debug)]
+enum GState {
+    /// `[ctx][n_kv_heads·head_dim]` keys (after RoPE) and values.
+    Kv { k: DPtr, v: DPtr },
+    /// `[n_kv][keep_window][head_dim]` keys and values, `[n_kv][keep_window]` scores and
+    /// positions (i32), `[n_kv]` entries held (i32).
+    Dma {
+        k: DPtr,
+        v: DPtr,
+        score: DPtr,
+        pos: DPtr,
+        len: DPtr,
+    },
+    /// `[conv_dim][d_conv-1]` conv inputs and `[n_heads][head_dim][d_state]` SSM state.
+    Ssd { conv: DPtr, ssm: DPtr },
+}
+
+/// Scratch of one session on the device (one token).
+#[derive(Debug)]
+struct GScratch {
+    step: DPtr,
+    x: DPtr,
+    xb: DPtr,
+    xb2: DPtr,
+    h1: DPtr,
+    h2: DPtr,
+    q: DPtr,
+    k: DPtr,
+    v: DPtr,
+    att_out: DPtr,
+    att: DPtr,
+    dt: DPtr,
+    act_q: DPtr,
+    act_d: DPtr,
+    zx: DPtr,
+    xbc: DPtr,
+    y: DPtr,
+    router: DPtr,
+    idx: DPtr,
+    wt: DPtr,
+    alpha: DPtr,
+    logits: DPtr,
+    trace: DPtr,
+}
+
+/// One sequence on the GPU: device states and scratch, sized once; the decode step's CUDA graph.
+pub struct GpuSession {
+    w: Arc<GpuWeights>,
+    config: Config,
+    /// Positions of a plain KV cache.
+    ctx: usize,
+    /// The most keys a query head attends to.
+    max_keys: usize,
+    pool: Pool,
+    s: GScratch,
+    states: Vec<GState>,
+    /// The session's own stream (sessions on other threads never join its graph capture).
+    stream: Arc<CudaStream>,
+    graph: Option<CudaGraph>,
+    use_graph: bool,
+}
+
+impl std::fmt::Debug for GpuSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuSession({:?})", self.w.gpu)
+    }
+}
+
+// SAFETY: the raw CUDA handles (graph, stream, context) are only used through `&mut self` (or
+// `&self` for reads that the driver serializes on the session's stream); the driver's handles
+// may be used from any thread once the context is bound, which every entry point does.
+unsafe impl Send for GpuSession {}
+
+impl GpuSession {
+    /// Opens a session on `cuda:ordinal` with room for `ctx` positions of a plain KV cache.
+    pub fn new(model: &Arc<Model>, ordinal: usize, ctx: usize) -> Result<Self> {
+        let gpu = gpu(ordinal)?;
+        gpu.ctx.bind_to_thread()?;
+        let w = GpuWeights::get(model, &gpu)?;
+        let c = model.config.clone();
+        let g = &*gpu;
+        let mut pool = Pool::default();
+        let f4 = 4usize;
+        let qd = c.n_heads * c.head_dim;
+        let kvd = c.n_kv_heads * c.head_dim;
+        let ssd = c.ssd;
+        let widest = [c.d_model, c.d_ff, qd, ssd.map_or(0, |s| s.d_inner), kvd]
+            .into_iter()
+            .max()
+            .unwrap_or(c.d_model);
+        let max_keys = ctx.max(c.keep_window).max(1);
+        let nk = c.n_keys();
+        let states = model
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(match &l.mixer {
+                    Mixer::Attention(_) => GState::Kv {
+                        k: pool.zeros(g, ctx * kvd * f4)?,
+                        v: pool.zeros(g, ctx * kvd * f4)?,
+                    },
+                    Mixer::Dma(_) => {
+                        let n = c.n_kv_heads * c.keep_window;
+                        GState::Dma {
+                            k: pool.zeros(g, n * c.head_dim * f4)?,
+                            v: pool.zeros(g, n * c.head_dim * f4)?,
+                            score: pool.zeros(g, n * f4)?,
+                            pos: pool.zeros(g, n * f4)?,
+                            len: pool.zeros(g, c.n_kv_heads * f4)?,
+                        }
+                    }
+                    Mixer::Ssd(s) => GState::Ssd {
+                        conv: pool.zeros(g, s.cfg.conv_dim() * (s.cfg.d_conv - 1) * f4)?,
+                        ssm: pool.zeros(g, s.cfg.n_heads * s.cfg.head_dim * s.cfg.d_state * f4)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let s = GScratch {
+            step: pool.zeros(g, 8)?,
+            x: pool.zeros(g, c.d_model * f4)?,
+            xb: pool.zeros(g, c.d_model * f4)?,
+            xb2: pool.zeros(g, c.d_model * f4)?,
+            h1: pool.zeros(g, c.d_ff * f4)?,
+            h2: pool.zeros(g, c.d_ff * f4)?,
+            q: pool.zeros(g, qd * f4)?,
+            k: pool.zeros(g, kvd * f4)?,
+            v: pool.zeros(g, kvd * f4)?,
+            att_out: pool.zeros(g, qd * f4)?,
+            att: pool.zeros(g, c.n_heads * max_keys * f4)?,
+            dt: pool.zeros(g, c.n_kv_heads * f4)?,
+            act_q: pool.zeros(g, widest.div_ceil(32) * 32)?,
+            act_d: pool.zeros(g, widest.div_ceil(32) * f4)?,
+            zx: pool.zeros(g, ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
+            xbc: pool.zeros(g, ssd.map_or(0, |s| s.conv_dim()) * f4)?,
+            y: pool.zeros(g, ssd.map_or(0, |s| s.d_inner) * f4)?,
+            router: pool.zeros(g, 2 * nk * f4)?,
+            idx: pool.zeros(g, c.n_experts_used * f4)?,
+            wt: pool.zeros(g, c.n_experts_used * f4)?,
+            alpha: pool.zeros(g, c.n_experts_used * f4)?,
+            logits: pool.zeros(g, c.n_vocab * f4)?,
+            trace: pool.zeros(g, (c.n_layers + 1) * c.d_model * f4)?,
+        };
+        gpu.stream.synchronize()?;
+        let use_graph = std::env::var("CHEEMS_CUDA_GRAPH").map_or(true, |v| v != "0");
+        Ok(GpuSession {
+            stream: gpu.ctx.new_stream()?,
+            w,
+            config: c,
+            ctx,
+            max_keys,
+            pool,
+            s,
+            states,
+            graph: None,
+            use_graph,
+        })
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> String {
+        format!("cuda:{} ({})", self.w.gpu.ordinal, self.w.gpu.name)
+    }
+
+    /// Device bytes: (weights, session states and scratch).
+    pub fn device_bytes(&self) -> (usize, usize) {
+        (self.w.bytes, self.pool.bytes)
+    }
+
+    /// Forgets the sequence (zeroes every state).
+    pub fn reset(&mut self) -> Result<()> {
+        let gpu = &self.w.gpu;
+        gpu.ctx.bind_to_thread()?;
+        for st in &self.states {
+            match *st {
+                GState::Kv { .. } => {}
+                GState::Dma { len, .. } => self.memset(len, self.config.n_kv_heads * 4)?,
+                GState::Ssd { conv, ssm } => {
+                    let s = self
+                        .config
+                        .ssd
+                        .ok_or_else(|| anyhow!("SSD config missing"))?;
+                    self.memset(conv, s.conv_dim() * (s.d_conv - 1) * 4)?;
+                    self.memset(ssm, s.n_heads * s.head_dim * s.d_state * 4)?;
+                }
+            }
+        }
+        gpu.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn launch(&self, name: &str, grid: (usize, usize), block: usize, args: &[u64]) -> Result<()> {
+        self.w.gpu.launch(&self.stream, name, grid, block, args)
+    }
+
+    fn memset(&self, p: DPtr, bytes: usize) -> Result<()> {
+        // SAFETY: `p` is a buffer of at least `bytes` bytes allocated by this session.
+        unsafe { cu::memset_d8_async(p, 0, bytes, self.stream.cu_stream()) }?;
+        Ok(())
+    }
+
+    fn htod<T>(&self, dst: DPtr, src: &[T]) -> Result<()> {
+        // SAFETY: `dst` is a device buffer of at least `size_of_val(src)` bytes; the source is
+        // pageable host memory, which the driver stages before returning.
+        unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }?;
+        Ok(())
+    }
+
+    fn dtoh<T>(&self, dst: &mut [T], src: DPtr) -> Result<()> {
+        // SAFETY: `src` is a device buffer of at least `size_of_val(dst)` bytes; the stream is
+        // synchronized before `dst` is read.
+        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Runs `tokens` at positions `pos..`: the logits after the last token into `logits` (and
+    /// after every token appended to `all`); with `trace`, the residual stream of the last token
+    /// after the embedding and after each layer (`[L+1][d_model]`).
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        mut all: Option<&mut Vec<f32>>,
+        logits: &mut [f32],
+        trace: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let gpu = self.w.gpu.clone();
+        gpu.ctx.bind_to_thread()?;
+        if self
+            .config
+            .layer_kinds
+            .contains(&crate::config::LayerKind::Attention)
+            && pos + tokens.len() > self.ctx
+        {
+            bail!("the context is full ({} tokens)", self.ctx);
+        }
+        let tracing = trace.is_some();
+        for (t, &tok) in tokens.iter().enumerate() {
+            let step = [tok as i32, (pos + t) as i32];
+            self.htod(self.s.step, &step)?;
+            if tracing || !self.use_graph {
+                self.launch_step(tracing)?;
+            } else {
+                if self.graph.is_none() {
+                    self.stream.begin_capture(
+                        sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                    )?;
+                    let r = self.launch_step(false);
+                    let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0))?;
+                    r?;
+                    self.graph = Some(g.ok_or_else(|| anyhow!("capturing the decode graph"))?);
+                }
+                if let Some(g) = &self.graph {
+                    g.launch()?;
+                }
+            }
+            if all.is_some() || t + 1 == tokens.len() {
+                self.dtoh(logits, self.s.logits)?;
+                if let Some(a) = all.as_mut() {
+                    a.extend_from_slice(logits);
+                }
+            }
+        }
+        if let Some(tr) = trace {
+            self.dtoh(tr, self.s.trace)?;
+        }
+        Ok(())
+    }
+
+    /// Products of several matrices with the same input `x` (quantized once).
+    fn mvs(&self, x: DPtr, list: &[(&GMat, DPtr, DPtr)]) -> Result<()> {
+        let mut quantized = false;
+        for (w, y, b) in list {
+            let act = (self.s.act_q, self.s.act_d);
+            launch_product(&self.w.gpu, &self.stream, w, x, *y, *b, act, !quantized)?;
+            quantized |= w.quantized();
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(&self, x: DPtr, w: DPtr, eps: f32, out: DPtr, n: usize, rows: usize) -> Result<()> {
+        self.launch("rmsnorm", (rows, 1), 256, &[x, w, f(eps), out, i(n)])
+    }
+
+    fn residual(&self, scale: DPtr, branch: DPtr) -> Result<()> {
+        let d = self.config.d_model;
+        self.launch(
+            "residual",
+            (d.div_ceil(256), 1),
+            256,
+            &[self.s.x, scale, branch, i(d), i(d)],
+        )
+    }
+
+    /// RoPE of the attention heads in `x` (`width` values) at the step's position.
+    fn rope(&self, x: DPtr, width: usize) -> Result<()> {
+        let Some(r) = &self.config.rope else {
+            bail!("attention without RoPE");
+        };
+        let pairs = width / r.dim * (r.dim / 2);
+        let (df, dorig) = r.dynamic.map_or((0.0, 0), |(f, o)| (f, o));
+        let pairing = match r.pairing {
+            RopePairing::Halves => 0,
+            RopePairing::Adjacent => 1,
+        };
+        self.launch(
+            "rope",
+            (pairs.div_ceil(128), 1),
+            128,
+            &[
+                x,
+                width as u64,
+                i(width),
+                i(r.dim),
+                i(pairing),
+                self.s.step,
+                self.w.rope_inv_freq,
+                f(r.theta),
+                f(r.linear_factor),
+                f(df),
+                i(dorig),
+            ],
+        )
+    }
+
+    fn mlp(&self, m: &GMlp, x: DPtr, out: DPtr) -> Result<()> {
+        let s = &self.s;
+        self.mvs(x, &[(&m.gate, s.h1, 0), (&m.up, s.h2, 0)])?;
+        let n = m.gate.rows;
+        self.launch("silu_mul", (n.div_ceil(256), 1), 256, &[s.h1, s.h2, i(n)])?;
+        self.mvs(s.h1, &[(&m.down, out, 0)])
+    }
+
+    /// Q, K, V projections of `xb` into the scratch, with biases.
+    fn project(&self, p: &GQkvo) -> Result<()> {
+        let s = &self.s;
+        self.mvs(
+            s.xb,
+            &[
+                (&p.q, s.q, p.q_bias),
+                (&p.k, s.k, p.k_bias),
+                (&p.v, s.v, p.v_bias),
+            ],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        kc: DPtr,
+        vc: DPtr,
+        head_stride: usize,
+        row_stride: usize,
+        lens: DPtr,
+        bias: DPtr,
+        bias_stride: usize,
+    ) -> Result<()> {
+        let c = &self.config;
+        let s = &self.s;
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        self.launch(
+            "attention",
+            (c.n_heads, 1),
+            256,
+            &[
+                s.q,
+                kc,
+                vc,
+                s.att_out,
+                s.att,
+                i(c.n_heads / c.n_kv_heads),
+                i(c.head_dim),
+                head_stride as u64,
+                i(row_stride),
+                lens,
+                bias,
+                i(bias_stride),
+                i(self.max_keys),
+                f(scale),
+                s.step,
+            ],
+        )
+    }
+
+    /// Every launch of one token's forward pass (the token and position are in `s.step`).
+    fn launch_step(&self, trace: bool) -> Result<()> {
+        let c = &self.config;
+        let w = &*self.w;
+        let s = &self.s;
+        let d = c.d_model;
+        let copy_trace = |l: usize| -> Result<()> {
+            if trace {
+                // SAFETY: `trace` holds (L+1)·d floats and `x` d floats, both device buffers
+                // of this session.
+                unsafe {
+                    cu::memcpy_dtod_async(
+                        s.trace + (l * d * 4) as u64,
+                        s.x,
+                        d * 4,
+                        self.stream.cu_stream(),
+                    )
+                }?;
+            }
+            Ok(())
+        };
+        self.launch(
+            "embed",
+            (d.div_ceil(256), 1),
+            256,
+            &[
+                i(w.embed.ty as usize),
+                w.embed.ptr,
+                w.embed.row_bytes as u64,
+                s.step,
+                s.x,
+                i(d),
+            ],
+        )?;
+        copy_trace(0)?;
+        let (hd, kvd) = (c.head_dim, c.n_kv_heads * c.head_dim);
+        for (l, (layer, st)) in w.layers.iter().zip(&self.states).enumerate() {
+            self.rmsnorm(s.x, layer.attn_norm, c.norm_eps, s.xb, d, 1)?;
+            match (&layer.mixer, st) {
+                (GMixer::Attention(p), GState::Kv { k, v }) => {
+                    self.project(p)?;
+                    self.rope(s.q, c.n_heads * hd)?;
+                    self.rope(s.k, kvd)?;
+                    self.launch(
+                        "kv_append",
+                        (kvd.div_ceil(256), 1),
+                        256,
+                        &[s.k, s.v, *k, *v, i(kvd), s.step],
+                    )?;
+                    self.attend(*k, *v, hd, kvd, 0, 0, 0)?;
+                    self.mvs(s.att_out, &[(&p.o, s.xb2, p.o_bias)])?;
+                }
+                (
+                    GMixer::Dma {
+                        proj,
+                        q_norm,
+                        k_norm,
+                        dt,
+                        dt_bias,
+                        a,
+                    },
+                    GState::Dma {
+                        k,
+                        v,
+                        score,
+                        pos,
+                        len,
+                    },
+                ) => {
+                    self.project(proj)?;
+                    self.rmsnorm(s.q, *q_norm, c.norm_eps, s.q, hd, c.n_heads)?;
+                    self.rmsnorm(s.k, *k_norm, c.norm_eps, s.k, hd, c.n_kv_heads)?;
+                    self.rope(s.q, c.n_heads * hd)?;
+                    self.rope(s.k, kvd)?;
+                    self.mvs(s.v, &[(dt, s.dt, 0)])?;
+                    let kw = c.keep_window;
+                    self.launch(
+                        "dma_insert",
+                        (c.n_kv_heads, 1),
+                        256,
+                        &[
+                            s.k,
+                            s.v,
+                            s.dt,
+                            *dt_bias,
+                            *a,
+                            *k,
+                            *v,
+                            *score,
+                            *pos,
+                            *len,
+                            i(kw),
+                            i(hd),
+                            i(c.n_kv_heads),
+                            i(0),
+                            s.step,
+                        ],
+                    )?;
+                    self.attend(*k, *v, kw * hd, hd, *len, *score, kw)?;
+                    self.mvs(s.att_out, &[(&proj.o, s.xb2, proj.o_bias)])?;
+                }
+                (
+                    GMixer::Ssd {
+                        in_proj,
+                        in_bias,
+                        conv_w,
+                        conv_b,
+                        dt_bias,
+                        a,
+                        d: dskip,
+                        norm,
+                        out_proj,
+                        out_bias,
+                        rope_inv_freq,
+                    },
+                    GState::Ssd { conv, ssm },
+                ) => {
+                    let sc = c.ssd.ok_or_else(|| anyhow!("SSD config missing"))?;
+                    let (di, cd, rows) = (sc.d_inner, sc.conv_dim(), sc.in_proj_rows());
+                    self.mvs(s.xb, &[(in_proj, s.zx, *in_bias)])?;
+                    self.launch(
+                        "ssd_conv",
+                        (cd.div_ceil(256), 1),
+                        256,
+                        &[
+                            s.zx,
+                            i(rows),
+                            i(di),
+                            *conv,
+                            *conv_w,
+                            *conv_b,
+                            s.xbc,
+                            i(cd),
+                            i(sc.d_conv),
+                            i(0),
+                        ],
+                    )?;
+                    if *rope_inv_freq != 0 {
+                        let width = 2 * sc.n_groups * sc.d_state;
+                        let pairs = width / 2;
+                        self.launch(
+                            "rope",
+                            (pairs.div_ceil(128), 1),
+                            128,
+                            &[
+                                s.xbc + (di * 4) as u64,
+                                cd as u64,
+                                i(width),
+                                i(sc.d_state),
+                                i(0),
+                                s.step,
+                                *rope_inv_freq,
+                                f(1.0),
+                                f(1.0),
+                                f(0.0),
+                                i(0),
+                            ],
+                        )?;
+                    }
+                    self.launch(
+                        "ssd_step",
+                        (sc.n_heads, 1),
+                        256,
+                        &[
+                            s.xbc,
+                            i(cd),
+                            s.zx,
+                            i(rows),
+                            i(di + cd),
+                            *dt_bias,
+                            *a,
+                            *dskip,
+                            *ssm,
+                            s.y,
+                            i(sc.head_dim),
+                            i(sc.d_state),
+                            i(sc.n_groups),
+                            i(di),
+                            i(0),
+                        ],
+                    )?;
+                    self.launch(
+                        "gate_norm",
+                        (sc.n_groups, 1),
+                        256,
+                        &[s.y, s.zx, i(rows), *norm, f(sc.norm_eps), i(di)],
+                    )?;
+                    self.mvs(s.y, &[(out_proj, s.xb2, *out_bias)])?;
+                }
+                _ => bail!("layer {l}: state does not match its mixer"),
+            }
+            self.residual(layer.attn_residual, s.xb2)?;
+            if let Some((norm, res, ffn)) = &layer.ffn {
+                self.rmsnorm(s.x, *norm, c.norm_eps, s.xb, d, 1)?;
+                match ffn {
+                    GFfn::Mlp(m) => self.mlp(m, s.xb, s.xb2)?,
+                    GFfn::CdMoe {
+                        shared,
+                        router,
+                        ty,
+                        down,
+                        up,
+                        stride,
+                        n_keys,
+                        n_used,
+                    } => {
+                        self.mvs(s.xb, &[(router, s.router, 0)])?;
+                        self.launch(
+                            "moe_route",
+                            (1, 1),
+                            256,
+                            &[s.router, i(*n_keys), i(*n_used), s.idx, s.wt],
+                        )?;
+                        self.mlp(shared, s.xb, s.xb2)?;
+                        self.launch(
+                            "moe_alpha",
+                            (*n_used, 1),
+                            128,
+                            &[
+                                i(*ty as usize),
+                                *down,
+                                *stride as u64,
+                                s.xb,
+                                i(d),
+                                s.idx,
+                                s.wt,
+                                s.alpha,
+                                i(*n_used),
+                            ],
+                        )?;
+                        self.launch(
+                            "moe_up",
+                            (d.div_ceil(256), 1),
+                            256,
+                            &[
+                                i(*ty as usize),
+                                *up,
+                                *stride as u64,
+                                s.idx,
+                                s.alpha,
+                                s.xb2,
+                                i(d),
+                                i(*n_used),
+                            ],
+                        )?;
+                    }
+                }
+                self.residual(*res, s.xb2)?;
+            }
+            copy_trace(l + 1)?;
+        }
+        self.rmsnorm(s.x, w.output_norm, c.norm_eps, s.xb, d, 1)?;
+        self.mvs(s.xb, &[(&w.output, s.logits, 0)])
+    }
+
+    /// The device state as a snapshot's layers (KV caches as far as `pos`).
+    pub fn download(&self, model: &Model, pos: usize) -> Result<Vec<State>> {
+        self.w.gpu.ctx.bind_to_thread()?;
+        let c = &self.config;
+        let kvd = c.n_kv_heads * c.head_dim;
+        let mut out = Vec::with_capacity(self.states.len());
+        for (st, l) in self.states.iter().zip(&model.layers) {
+            out.push(match (st, &l.mixer) {
+                (GState::Kv { k, v }, _) => {
+                    let mut kv = KvCache::new(pos.max(1), kvd);
+                    self.dtoh(&mut kv.k[..pos * kvd], *k)?;
+                    self.dtoh(&mut kv.v[..pos * kvd], *v)?;
+                    kv.len = pos;
+                    State::Kv(kv)
+                }
+                (
+                    GState::Dma {
+                        k,
+                        v,
+                        score,
+                        pos: p,
+                        len,
+                    },
+                    _,
+                ) => {
+                    let mut dc = DmaCache::new(c);
+                    self.dtoh(&mut dc.k, *k)?;
+                    self.dtoh(&mut dc.v, *v)?;
+                    self.dtoh(&mut dc.score, *score)?;
+                    let mut ip = vec![0i32; dc.pos.len()];
+                    self.dtoh(&mut ip, *p)?;
+                    dc.pos = ip.iter().map(|&x| x.max(0) as usize).collect();
+                    let mut il = vec![0i32; dc.len.len()];
+                    self.dtoh(&mut il, *len)?;
+                    dc.len = il.iter().map(|&x| x.max(0) as usize).collect();
+                    State::Dma(dc)
+                }
+                (GState::Ssd { conv, ssm }, Mixer::Ssd(s)) => {
+                    let mut ss = SsdState::new(&s.cfg);
+                    self.dtoh(&mut ss.conv, *conv)?;
+                    self.dtoh(&mut ss.ssm, *ssm)?;
+                    State::Ssd(ss)
+                }
+                _ => bail!("a layer's device state does not match its mixer"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Loads the device state from the host's (checked to fit by the caller).
+    pub fn upload(&mut self, states: &[State]) -> Result<()> {
+        self.w.gpu.ctx.bind_to_thread()?;
+        for (st, from) in self.states.iter().zip(states) {
+            match (st, from) {
+                (GState::Kv { k, v }, State::Kv(kv)) => {
+                    let n = kv.len * (kv.k.len() / kv.capacity.max(1));
+                    if kv.len > self.ctx {
+                        bail!(
+                            "the state holds {} positions, the GPU cache {}",
+                            kv.len,
+                            self.ctx
+                        );
+                    }
+                    self.htod(*k, &kv.k[..n])?;
+                    self.htod(*v, &kv.v[..n])?;
+                }
+                (
+                    GState::Dma {
+                        k,
+                        v,
+                        score,
+                        pos,
+                        len,
+                    },
+                    State::Dma(dc),
+                ) => {
+                    self.htod(*k, &dc.k)?;
+                    self.htod(*v, &dc.v)?;
+                    self.htod(*score, &dc.score)?;
+                    let ip: Vec<i32> = dc.pos.iter().map(|&x| x as i32).collect();
+                    let il: Vec<i32> = dc.len.iter().map(|&x| x as i32).collect();
+                    self.htod(*pos, &ip)?;
+                    self.htod(*len, &il)?;
+                    self.stream.synchronize()?;
+                }
+                (GState::Ssd { conv, ssm }, State::Ssd(ss)) => {
+                    self.htod(*conv, &ss.conv)?;
+                    self.htod(*ssm, &ss.ssm)?;
+                }
+                _ => bail!("a layer's state does not match its mixer"),
+            }
+        }
+        self.stream.synchronize()?;
+        Ok(())
+    }
+}

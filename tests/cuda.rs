@@ -1,0 +1,607 @@
+//! The CUDA engine (`cargo test --features cuda --test cuda`).
+//!
+//! - Without a GPU (or without the feature): asking for `--device cuda` fails with a clear
+//!   one-line error; the GPU tests print that they were skipped and pass.
+//! - With a GPU: one parity suite runs the same cases on the CPU and on CUDA, op by op (products
+//!   of every weight type, RMSNorm, RoPE, attention, CDMoE routing) with normalised error bounds,
+//!   then whole models: the fixture models against the transformers logits stored with them
+//!   (`tests/fixtures/models`), the GPU against the CPU on the same file for every weight type,
+//!   the tiny synth models (DMA evictions, CDMoE), and snapshots moved between the devices.
+//!
+//! Errors are normalised by the reference's scale: `max |gpu − ref| / max |ref|` (per op or
+//! per model run), and each bound is printed with the measured value.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cheems::npy::{self, Array};
+use cheems::{Device, Model, Session, SessionOptions};
+use cheems_formats::GgmlType;
+use cheems_quantize::Options;
+
+const MODELS: [&str; 5] = ["llama", "mamba2", "doge", "doge_moe", "cheems"];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn load(name: &str, ty: GgmlType) -> (tempfile::TempDir, Arc<Model>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    cheems_quantize::convert(&fixture(name), &out, &Options::new(ty), 1, false).unwrap();
+    let model = Arc::new(Model::load(&out).unwrap());
+    (dir, model)
+}
+
+fn opts(ctx: usize) -> SessionOptions {
+    SessionOptions {
+        threads: Some(2),
+        ctx: Some(ctx),
+    }
+}
+
+/// Without a GPU or without the `cuda` feature, a CUDA session is refused with one clear line.
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error() {
+    let (_d, model) = load("llama", GgmlType::F32);
+    match Session::new_on(model, &opts(8), Device::Cuda(0)) {
+        Ok(s) => eprintln!("skipped: a GPU is present ({})", s.device_name()),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            if cfg!(feature = "cuda") {
+                assert!(msg.contains("cuda:0"), "{msg}");
+            } else {
+                assert!(msg.contains("--features cuda"), "{msg}");
+            }
+        }
+    }
+}
+
+/// The command line says the same and exits non-zero.
+#[test]
+fn device_flag_without_a_gpu_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.gguf");
+    cheems::synth::synth("tiny-llama", GgmlType::Q8_0, &m, 0).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cheems"))
+        .args([
+            "run",
+            m.to_str().unwrap(),
+            "-p",
+            "hi",
+            "-n",
+            "2",
+            "--device",
+            "cuda",
+        ])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        eprintln!("skipped: a GPU is present");
+        return;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(err.contains("cuda"), "{err}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_cheems"))
+        .args(["run", m.to_str().unwrap(), "-p", "hi", "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown device `tpu`"));
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+    use cheems::blocks::attention::attend;
+    use cheems::blocks::cdmoe::{route, MoeScratch};
+    use cheems::blocks::norm::rmsnorm;
+    use cheems::blocks::rope::RopeTable;
+    use cheems::config::{Rope, RopePairing};
+    use cheems::cuda::ops::Ops;
+    use cheems_kernels::matvec::{matvec, Activation, MatRef};
+    use cheems_kernels::pool::Pool;
+
+    /// The GPU, or `None` (and a note) when this machine has none.
+    fn ops_or_skip(test: &str) -> Option<Ops> {
+        match Ops::new(0) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("{test}: skipped, no GPU: {e:#}");
+                None
+            }
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn f(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| self.f() * scale).collect()
+        }
+    }
+
+    /// `max |a − b| / max |b|`
+    fn rel(a: &[f32], b: &[f32]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())));
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
+        if scale == 0.0 {
+            err
+        } else {
+            err / scale
+        }
+    }
+
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        // SAFETY: probes for the shared library with dlopen.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!(
+                "skipped: NVRTC (libnvrtc.so.13) not found; set LD_LIBRARY_PATH to its directory"
+            );
+            return;
+        }
+        let ptx = cheems::cuda::compile((9, 0)).unwrap();
+        eprintln!("kernels compiled to {} bytes of PTX", ptx.to_src().len());
+    }
+
+    /// Every weight type's product against the CPU's (same activation quantization) and against
+    /// f64 math on the dequantized weights.
+    #[test]
+    fn products_match_the_cpu_for_every_type() {
+        let Some(ops) = ops_or_skip("products") else {
+            return;
+        };
+        use GgmlType::*;
+        // (type, bound vs the CPU kernel, bound vs f64 on the dequantized weights)
+        let cases = [
+            (F32, 1e-5, 1e-5),
+            (F16, 1e-5, 1e-5),
+            (BF16, 1e-5, 1e-5),
+            (Q8_0, 1e-4, 2e-2),
+            (Q4_0, 1e-4, 2e-2),
+            (Q4_1, 1e-4, 2e-2),
+            (Q5_0, 1e-4, 2e-2),
+            (Q5_1, 1e-4, 2e-2),
+            // Converted to F16 on upload, multiplied by f32 activations; the CPU uses Q8_K.
+            (Q4_K, 2e-2, 2e-2),
+            (Q5_K, 2e-2, 2e-2),
+            (Q6_K, 2e-2, 2e-2),
+        ];
+        let pool = Pool::new(2).unwrap();
+        let mut rng = Rng(11);
+        for (ty, vs_cpu, vs_ref) in cases {
+            let bs = ty.block_size().max(if ty.is_quantized() { 32 } else { 1 });
+            let mut shapes = vec![(1, 256), (7, 512), (33, 768), (300, 2048), (1000, 1024)];
+            if bs == 32 {
+                shapes.extend([(3, 32), (5, 96), (2, 4096)]);
+            }
+            if bs == 1 {
+                shapes.extend([(3, 1), (17, 33), (5, 100), (4, 8)]);
+            }
+            let (mut worst_cpu, mut worst_ref) = (0f64, 0f64);
+            for (rows, cols) in shapes {
+                let wf = rng.vec(rows * cols, 0.05);
+                let x = rng.vec(cols, 1.0);
+                let mut data = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
+                cheems_formats::blocks::quantize_row(ty, &wf, &mut data).unwrap();
+                let mut deq = vec![0f32; rows * cols];
+                cheems_formats::blocks::dequantize_row(ty, &data, &mut deq).unwrap();
+                let w = MatRef {
+                    ty,
+                    rows,
+                    cols,
+                    data: &data,
+                };
+                let mut act = Activation::with_capacity(cols);
+                act.quantize_for(ty, &x);
+                let mut cpu = vec![0f32; rows];
+                matvec(&w, &act, &x, &mut cpu, &pool);
+                let reference: Vec<f32> = (0..rows)
+                    .map(|r| {
+                        deq[r * cols..(r + 1) * cols]
+                            .iter()
+                            .zip(&x)
+                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                            .sum::<f64>() as f32
+                    })
+                    .collect();
+                let gpu = ops.matvec(&w, &x).unwrap();
+                let (ec, er) = (rel(&gpu, &cpu), rel(&gpu, &reference));
+                assert!(
+                    ec <= vs_cpu && er <= vs_ref,
+                    "{ty} {rows}x{cols}: {ec:.2e} vs CPU (max {vs_cpu:.0e}), {er:.2e} vs f64 (max {vs_ref:.0e})"
+                );
+                worst_cpu = worst_cpu.max(ec);
+                worst_ref = worst_ref.max(er);
+            }
+            eprintln!("product {ty}: max error {worst_cpu:.2e} vs CPU (bound {vs_cpu:.0e}), {worst_ref:.2e} vs f64 (bound {vs_ref:.0e})");
+        }
+    }
+
+    #[test]
+    fn rmsnorm_matches_the_cpu() {
+        let Some(ops) = ops_or_skip("rmsnorm") else {
+            return;
+        };
+        let mut rng = Rng(5);
+        let mut worst = 0f64;
+        for (rows, n) in [(1, 64), (4, 768), (2, 4000), (3, 7)] {
+            let x = rng.vec(rows * n, 3.0);
+            let w = rng.vec(n, 1.0);
+            let gpu = ops.rmsnorm(&x, &w, 1e-5).unwrap();
+            let mut cpu = vec![0f32; rows * n];
+            for r in 0..rows {
+                rmsnorm(
+                    &x[r * n..(r + 1) * n],
+                    &w,
+                    1e-5,
+                    &mut cpu[r * n..(r + 1) * n],
+                );
+            }
+            worst = worst.max(rel(&gpu, &cpu));
+        }
+        eprintln!("rmsnorm: max error {worst:.2e} (bound 1e-5)");
+        assert!(worst <= 1e-5);
+    }
+
+    #[test]
+    fn rope_matches_the_cpu() {
+        let Some(ops) = ops_or_skip("rope") else {
+            return;
+        };
+        let mut rng = Rng(9);
+        let mut worst = 0f64;
+        for pairing in [RopePairing::Halves, RopePairing::Adjacent] {
+            for (linear, dynamic) in [(1.0, None), (2.0, None), (1.0, Some((4.0, 16)))] {
+                for dim in [16, 64, 128] {
+                    let r = Rope {
+                        theta: 10000.0,
+                        dim,
+                        pairing,
+                        linear_factor: linear,
+                        dynamic,
+                    };
+                    let table = RopeTable::new(&r);
+                    for pos in [0, 5, 100, 3000] {
+                        let x = rng.vec(3 * dim, 1.0);
+                        let gpu = ops.rope(&x, &r, pos).unwrap();
+                        let mut cpu = x.clone();
+                        table.apply(&mut cpu, pos);
+                        let e = rel(&gpu, &cpu);
+                        assert!(
+                            e <= 1e-5,
+                            "{pairing:?} linear {linear} {dynamic:?} dim {dim} pos {pos}: {e:.2e}"
+                        );
+                        worst = worst.max(e);
+                    }
+                }
+            }
+        }
+        eprintln!("rope: max error {worst:.2e} (bound 1e-5)");
+    }
+
+    #[test]
+    fn attention_matches_the_cpu() {
+        let Some(ops) = ops_or_skip("attention") else {
+            return;
+        };
+        let mut rng = Rng(3);
+        let mut worst = 0f64;
+        for (n_heads, n_kv, hd) in [(4, 2, 16), (12, 4, 64), (4, 4, 128), (2, 1, 256)] {
+            for n in [1, 7, 300, 2049] {
+                for with_bias in [false, true] {
+                    let q = rng.vec(n_heads * hd, 1.0);
+                    let k = rng.vec(n_kv * n * hd, 1.0);
+                    let v = rng.vec(n_kv * n * hd, 1.0);
+                    let bias = rng.vec(n_kv * n, 2.0);
+                    let b = with_bias.then_some(&bias[..]);
+                    let gpu = ops.attention(&q, &k, &v, n_heads, n_kv, hd, n, b).unwrap();
+                    let scale = 1.0 / (hd as f32).sqrt();
+                    let mut cpu = vec![0f32; n_heads * hd];
+                    let mut att = vec![0f32; n];
+                    let group = n_heads / n_kv;
+                    for h in 0..n_heads {
+                        let g = h / group;
+                        let base = g * n;
+                        attend(
+                            &q[h * hd..(h + 1) * hd],
+                            n,
+                            |j| &k[(base + j) * hd..(base + j + 1) * hd],
+                            |j| &v[(base + j) * hd..(base + j + 1) * hd],
+                            |j| if with_bias { bias[base + j] } else { 0.0 },
+                            scale,
+                            &mut att,
+                            &mut cpu[h * hd..(h + 1) * hd],
+                        );
+                    }
+                    let e = rel(&gpu, &cpu);
+                    assert!(
+                        e <= 1e-4,
+                        "heads {n_heads}/{n_kv} hd {hd} n {n} bias {with_bias}: {e:.2e}"
+                    );
+                    worst = worst.max(e);
+                }
+            }
+        }
+        eprintln!("attention: max error {worst:.2e} (bound 1e-4)");
+    }
+
+    #[test]
+    fn routing_matches_the_cpu() {
+        let Some(ops) = ops_or_skip("routing") else {
+            return;
+        };
+        let mut rng = Rng(17);
+        for (nk, k) in [(8, 5), (8, 8), (16, 3), (64, 32), (5, 1), (4, 12)] {
+            for round in 0..20 {
+                let router: Vec<f32> = if round % 2 == 0 {
+                    rng.vec(2 * nk, 2.0)
+                } else {
+                    // few distinct values: ties
+                    (0..2 * nk)
+                        .map(|_| ((rng.f() * 4.0).round()) * 0.25)
+                        .collect()
+                };
+                let m = k.min(nk);
+                let mut s = MoeScratch {
+                    router: router.clone(),
+                    idx_x: vec![0; nk],
+                    idx_y: vec![0; nk],
+                    cand: vec![(0.0, 0); m * m],
+                    row: Vec::new(),
+                };
+                let (max, total) = route(nk, k, &mut s);
+                let (ids, wts) = ops.route(&router, nk, k).unwrap();
+                let want: Vec<usize> = s.cand[..k].iter().map(|c| c.1).collect();
+                assert_eq!(ids, want, "nk {nk} k {k} round {round}");
+                for (w, c) in wts.iter().zip(&s.cand[..k]) {
+                    let cpu = (c.0 - max).exp() / total;
+                    assert!((w - cpu).abs() <= 1e-6, "weight {w} vs {cpu}");
+                }
+            }
+        }
+        eprintln!("routing: the same experts and weights (within 1e-6) as the CPU");
+    }
+
+    fn reference(name: &str) -> HashMap<String, Array> {
+        let f = std::fs::File::open(fixture(name).join("reference.npz")).unwrap();
+        let mut z = zip::ZipArchive::new(f).unwrap();
+        let mut out = HashMap::new();
+        for i in 0..z.len() {
+            let mut e = z.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            out.insert(
+                e.name().trim_end_matches(".npy").to_string(),
+                npy::parse(&bytes).unwrap(),
+            );
+        }
+        out
+    }
+
+    fn tokens(a: &Array) -> Vec<u32> {
+        a.data.iter().map(|&t| t as u32).collect()
+    }
+
+    /// Token by token on `device`: every logits row and every trace.
+    fn run(
+        model: &Arc<Model>,
+        toks: &[u32],
+        device: Device,
+        trace: bool,
+    ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let mut s = Session::new_on(model.clone(), &opts(toks.len()), device).unwrap();
+        s.set_trace(trace);
+        let mut logits = Vec::new();
+        let mut traces = Vec::new();
+        for &t in toks {
+            logits.push(s.decode(t).unwrap().to_vec());
+            if trace {
+                traces.push(s.trace().unwrap().to_vec());
+            }
+        }
+        (logits, traces)
+    }
+
+    /// The fixture models in F32 on the GPU against transformers' logits, token by token (the
+    /// CPU's bound in tests/parity.rs is 1e-4 of the logit scale; the GPU's is 1e-3: float
+    /// sums in another order, `expf`/`sincosf` of CUDA), and greedy generation.
+    #[test]
+    fn fixtures_match_transformers_on_the_gpu() {
+        if ops_or_skip("fixtures").is_none() {
+            return;
+        }
+        for name in MODELS {
+            let r = reference(name);
+            let toks = tokens(&r["tokens"]);
+            let (_d, model) = load(name, GgmlType::F32);
+            let (logits, traces) = run(&model, &toks, Device::Cuda(0), true);
+            let want = &r["logits"];
+            let v = want.shape[1];
+            let scale = want.data.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let tol = 1e-3 * scale;
+            let mut worst = 0f64;
+            for (t, row) in logits.iter().enumerate() {
+                let err = row
+                    .iter()
+                    .zip(&want.data[t * v..(t + 1) * v])
+                    .fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+                worst = worst.max(err);
+                if err > tol {
+                    let hidden = &r["hidden"];
+                    let (n_t, h) = (hidden.shape[1], hidden.shape[2]);
+                    let first = (0..hidden.shape[0]).find(|&l| {
+                        let ours = &traces[t][l * h..(l + 1) * h];
+                        let theirs = &hidden.data[(l * n_t + t) * h..(l * n_t + t + 1) * h];
+                        let s = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
+                        ours.iter()
+                            .zip(theirs)
+                            .any(|(a, b)| (f64::from(*a) - b).abs() > 1e-3 * s.max(1.0))
+                    });
+                    panic!("{name}: token {t}: GPU logits differ by {err:.3e} (tolerance {tol:.3e}); first diverging layer output: {first:?} (0 = embeddings)");
+                }
+            }
+            eprintln!(
+                "fixture {name} on GPU: {} tokens, max |Δlogit| {worst:.2e} = {:.2e} of the logit scale {scale:.2} (bound 1e-3)",
+                toks.len(),
+                worst / scale
+            );
+            // Greedy generation, prompt through prefill.
+            let prompt = tokens(&r["greedy_prompt"]);
+            let want = tokens(&r["greedy"]);
+            let mut s = Session::new_on(
+                model.clone(),
+                &opts(prompt.len() + want.len()),
+                Device::Cuda(0),
+            )
+            .unwrap();
+            let mut logits = s.prefill(&prompt).unwrap().to_vec();
+            let mut got = Vec::new();
+            for _ in 0..want.len() {
+                let next = logits
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i as u32)
+                    .unwrap();
+                got.push(next);
+                logits = s.decode(next).unwrap().to_vec();
+            }
+            assert_eq!(
+                got, want,
+                "{name}: GPU greedy tokens differ from transformers' generate"
+            );
+        }
+    }
+
+    /// Every weight type: the GPU against the CPU on the same file. DMA models until their
+    /// first eviction (a top-k choice between near-equal scores may flip under a 1e-6
+    /// perturbation; the synth test below covers evictions at F32).
+    #[test]
+    fn every_type_matches_the_cpu_on_the_fixture_models() {
+        if ops_or_skip("types").is_none() {
+            return;
+        }
+        use GgmlType::*;
+        let cases = [
+            (F16, 1e-3),
+            (BF16, 1e-3),
+            (Q8_0, 1e-3),
+            (Q4_0, 1e-3),
+            (Q4_1, 1e-3),
+            (Q5_0, 1e-3),
+            (Q5_1, 1e-3),
+            // dequantized to F16 on the GPU, Q8_K activations on the CPU
+            (Q4_K, 3e-2),
+            (Q6_K, 3e-2),
+        ];
+        for name in MODELS {
+            let r = reference(name);
+            let toks = tokens(&r["tokens"]);
+            for (ty, bound) in cases {
+                let (_d, model) = load(name, ty);
+                let kw = model.config.keep_window;
+                let n = if kw > 0 {
+                    kw.min(toks.len())
+                } else {
+                    toks.len()
+                };
+                let (gpu, _) = run(&model, &toks[..n], Device::Cuda(0), false);
+                let (cpu, _) = run(&model, &toks[..n], Device::Cpu, false);
+                let e = rel(
+                    &gpu.iter().flatten().copied().collect::<Vec<_>>(),
+                    &cpu.iter().flatten().copied().collect::<Vec<_>>(),
+                );
+                eprintln!("{name} {ty}: GPU vs CPU max |Δlogit| {e:.2e} of the logit scale over {n} tokens (bound {bound:.0e})");
+                assert!(e <= bound, "{name} {ty}: {e:.3e} > {bound}");
+            }
+        }
+    }
+
+    /// The tiny synth models (hidden 256, CDMoE with 64 experts, a keep window of 8: DMA evicts)
+    /// at F32 and Q4_0, 40 tokens, GPU against CPU.
+    #[test]
+    fn synth_models_match_the_cpu() {
+        if ops_or_skip("synth").is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for shape in ["tiny-llama", "tiny-mamba2", "tiny-doge-moe", "tiny-cheems"] {
+            for (ty, bound) in [(GgmlType::F32, 1e-3), (GgmlType::Q4_0, 1e-3)] {
+                let p = dir.path().join(format!("{shape}-{ty}.gguf"));
+                cheems::synth::synth(shape, ty, &p, 1).unwrap();
+                let model = Arc::new(Model::load(&p).unwrap());
+                let mut rng = Rng(21);
+                let toks: Vec<u32> = (0..40)
+                    .map(|_| ((rng.f() + 1.0) * 0.5 * (model.config.n_vocab - 1) as f32) as u32)
+                    .collect();
+                let (gpu, _) = run(&model, &toks, Device::Cuda(0), false);
+                let (cpu, _) = run(&model, &toks, Device::Cpu, false);
+                let e = rel(
+                    &gpu.iter().flatten().copied().collect::<Vec<_>>(),
+                    &cpu.iter().flatten().copied().collect::<Vec<_>>(),
+                );
+                eprintln!("synth {shape} {ty}: GPU vs CPU {e:.2e} of the logit scale over 40 tokens (bound {bound:.0e})");
+                assert!(e <= bound, "{shape} {ty}: {e:.3e}");
+            }
+        }
+    }
+
+    /// Snapshots taken on the GPU restore on the GPU and on the CPU (and back), and the next
+    /// logits agree.
+    #[test]
+    fn snapshots_move_between_devices() {
+        if ops_or_skip("snapshots").is_none() {
+            return;
+        }
+        for name in MODELS {
+            let r = reference(name);
+            let toks = tokens(&r["tokens"]);
+            let (_d, model) = load(name, GgmlType::F32);
+            let half = toks.len() / 2;
+            let mut g = Session::new_on(model.clone(), &opts(toks.len()), Device::Cuda(0)).unwrap();
+            g.prefill(&toks[..half]).unwrap();
+            let snap = g.snapshot();
+            let a: Vec<f32> = g.decode(toks[half]).unwrap().to_vec();
+            g.restore(&snap).unwrap();
+            let b: Vec<f32> = g.decode(toks[half]).unwrap().to_vec();
+            assert_eq!(a, b, "{name}: GPU restore");
+            let mut c = Session::new(model.clone(), &opts(toks.len())).unwrap();
+            c.restore(&snap).unwrap();
+            let cpu: Vec<f32> = c.decode(toks[half]).unwrap().to_vec();
+            let e = rel(&a, &cpu);
+            assert!(e <= 1e-3, "{name}: GPU state continued on the CPU: {e:.2e}");
+            // And a CPU state continued on the GPU.
+            let csnap = c.snapshot();
+            g.restore(&csnap).unwrap();
+            let on_gpu: Vec<f32> = g.decode(toks[half + 1]).unwrap().to_vec();
+            let on_cpu: Vec<f32> = c.decode(toks[half + 1]).unwrap().to_vec();
+            let e2 = rel(&on_gpu, &on_cpu);
+            assert!(
+                e2 <= 1e-3,
+                "{name}: CPU state continued on the GPU: {e2:.2e}"
+            );
+            eprintln!("snapshot {name}: GPU→CPU {e:.2e}, CPU→GPU {e2:.2e}");
+        }
+    }
+}
