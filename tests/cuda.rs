@@ -13,17 +13,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cheems::npy::{self, Array};
 use cheems::{Device, Model, Session, SessionOptions};
 use cheems_formats::GgmlType;
 use cheems_quantize::Options;
-
-const MODELS: [&str; 5] = ["llama", "mamba2", "doge", "doge_moe", "cheems"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,14 +97,20 @@ fn device_flag_without_a_gpu_fails_cleanly() {
 #[cfg(feature = "cuda")]
 mod gpu {
     use super::*;
+    use std::collections::HashMap;
+    use std::io::Read;
+
     use cheems::blocks::attention::attend;
     use cheems::blocks::cdmoe::{route, MoeScratch};
     use cheems::blocks::norm::rmsnorm;
     use cheems::blocks::rope::RopeTable;
     use cheems::config::{Rope, RopePairing};
     use cheems::cuda::ops::Ops;
+    use cheems::npy::{self, Array};
     use cheems_kernels::matvec::{matvec, Activation, MatRef};
     use cheems_kernels::pool::Pool;
+
+    const MODELS: [&str; 5] = ["llama", "mamba2", "doge", "doge_moe", "cheems"];
 
     /// The GPU, or `None` (and a note) when this machine has none.
     fn ops_or_skip(test: &str) -> Option<Ops> {
@@ -199,9 +200,11 @@ mod gpu {
                 shapes.extend([(3, 1), (17, 33), (5, 100), (4, 8)]);
             }
             let (mut worst_cpu, mut worst_ref) = (0f64, 0f64);
-            for (rows, cols) in shapes {
+            for (si, (rows, cols)) in shapes.into_iter().enumerate() {
+                // 1 row, or a batch (8 per launch, and a remainder)
+                let n = [1, 3, 8, 13][si % 4];
                 let wf = rng.vec(rows * cols, 0.05);
-                let x = rng.vec(cols, 1.0);
+                let x = rng.vec(n * cols, 1.0);
                 let mut data = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
                 cheems_formats::blocks::quantize_row(ty, &wf, &mut data).unwrap();
                 let mut deq = vec![0f32; rows * cols];
@@ -213,23 +216,25 @@ mod gpu {
                     data: &data,
                 };
                 let mut act = Activation::with_capacity(cols);
-                act.quantize_for(ty, &x);
-                let mut cpu = vec![0f32; rows];
-                matvec(&w, &act, &x, &mut cpu, &pool);
-                let reference: Vec<f32> = (0..rows)
-                    .map(|r| {
-                        deq[r * cols..(r + 1) * cols]
+                let mut cpu = vec![0f32; n * rows];
+                let mut reference = vec![0f32; n * rows];
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    act.quantize_for(ty, xt);
+                    matvec(&w, &act, xt, &mut cpu[t * rows..(t + 1) * rows], &pool);
+                    for r in 0..rows {
+                        reference[t * rows + r] = deq[r * cols..(r + 1) * cols]
                             .iter()
-                            .zip(&x)
+                            .zip(xt)
                             .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                            .sum::<f64>() as f32
-                    })
-                    .collect();
-                let gpu = ops.matvec(&w, &x).unwrap();
+                            .sum::<f64>() as f32;
+                    }
+                }
+                let gpu = ops.matmul(&w, &x).unwrap();
                 let (ec, er) = (rel(&gpu, &cpu), rel(&gpu, &reference));
                 assert!(
                     ec <= vs_cpu && er <= vs_ref,
-                    "{ty} {rows}x{cols}: {ec:.2e} vs CPU (max {vs_cpu:.0e}), {er:.2e} vs f64 (max {vs_ref:.0e})"
+                    "{ty} {rows}x{cols}, {n} rows: {ec:.2e} vs CPU (max {vs_cpu:.0e}), {er:.2e} vs f64 (max {vs_ref:.0e})"
                 );
                 worst_cpu = worst_cpu.max(ec);
                 worst_ref = worst_ref.max(er);

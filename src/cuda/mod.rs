@@ -45,20 +45,21 @@ pub const SOURCE: &str = cheems_kernels::CUDA_SOURCE;
 const KERNELS: &[&str] = &[
     "embed",
     "rmsnorm",
+    "add_rmsnorm",
     "residual",
     "silu_mul",
-    "add_bias",
+    "silu_mul_q8",
     "quantize_q8",
-    "mmvq_q4_0_1",
-    "mmvq_q4_1_1",
-    "mmvq_q5_0_1",
-    "mmvq_q5_1_1",
-    "mmvq_q8_0_1",
-    "mv_f32_1",
-    "mv_f16_1",
-    "mv_bf16_1",
+    "mmvq3_q4_0",
+    "mmvq3_q4_1",
+    "mmvq3_q5_0",
+    "mmvq3_q5_1",
+    "mmvq3_q8_0",
+    "mvf3_f32",
+    "mvf3_f16",
+    "mvf3_bf16",
     "rope",
-    "kv_append",
+    "qk_rope",
     "attention",
     "dma_insert",
     "ssd_conv",
@@ -318,54 +319,137 @@ fn upload_matref(pool: &mut Pool, gpu: &Gpu, r: &MatRef<'_>) -> Result<GMat> {
     })
 }
 
-/// The product kernel of a device matrix type.
+/// The three-matrix product kernel of a device matrix type.
 fn product_kernel(ty: GgmlType) -> Result<&'static str> {
     Ok(match ty {
-        GgmlType::Q4_0 => "mmvq_q4_0_1",
-        GgmlType::Q4_1 => "mmvq_q4_1_1",
-        GgmlType::Q5_0 => "mmvq_q5_0_1",
-        GgmlType::Q5_1 => "mmvq_q5_1_1",
-        GgmlType::Q8_0 => "mmvq_q8_0_1",
-        GgmlType::F32 => "mv_f32_1",
-        GgmlType::F16 => "mv_f16_1",
-        GgmlType::BF16 => "mv_bf16_1",
+        GgmlType::Q4_0 => "mmvq3_q4_0",
+        GgmlType::Q4_1 => "mmvq3_q4_1",
+        GgmlType::Q5_0 => "mmvq3_q5_0",
+        GgmlType::Q5_1 => "mmvq3_q5_1",
+        GgmlType::Q8_0 => "mmvq3_q8_0",
+        GgmlType::F32 => "mvf3_f32",
+        GgmlType::F16 => "mvf3_f16",
+        GgmlType::BF16 => "mvf3_bf16",
         other => bail!("no CUDA product for {other}"),
     })
 }
 
-/// Launches `y = W x (+ bias)`, quantizing `x` into `act` (`[q | d]` buffers) first when W is
-/// quantized and `quantize` is set.
+/// Whether any of the matrices reads int8 activation blocks.
+fn any_quantized(ws: &[&GMat]) -> bool {
+    ws.iter().any(|w| w.quantized())
+}
+
+/// Token columns one product launch handles (the kernels' NC).
+const COLS: usize = 8;
+
+/// `y_m[t] = W_m x[t] (+ bias_m)` for up to three matrices of one type and width (`ws`: matrix,
+/// output, bias) and `n` activation rows `x` (`[n][cols]`). Quantized matrices read the int8
+/// blocks in `act` (`[q | d]`), which are made from `x` first when `quantize` is set (else they
+/// must hold `x` already). The weights are read once per 8 rows.
 #[allow(clippy::too_many_arguments)]
-fn launch_product(
+fn launch_products(
     gpu: &Gpu,
     stream: &CudaStream,
-    w: &GMat,
+    ws: &[(&GMat, DPtr, DPtr)],
     x: DPtr,
-    y: DPtr,
-    bias: DPtr,
+    n: usize,
     act: (DPtr, DPtr),
     quantize: bool,
 ) -> Result<()> {
-    let name = product_kernel(w.ty)?;
-    let grid = (w.rows.div_ceil(4), 1);
-    let rb = w.row_bytes as u64;
-    if w.quantized() {
-        let nb = w.cols / 32;
-        if quantize {
-            gpu.launch(
-                stream,
-                "quantize_q8",
-                (nb.div_ceil(4), 1),
-                128,
-                &[x, act.0, act.1, i(w.cols)],
-            )?;
-        }
-        let a = [w.ptr, rb, act.0, act.1, y, i(w.rows), i(nb), bias];
-        gpu.launch(stream, name, grid, 128, &a)
-    } else {
-        let a = [w.ptr, rb, x, y, i(w.rows), i(w.cols), bias];
-        gpu.launch(stream, name, grid, 128, &a)
+    let Some(&(w0, _, _)) = ws.first() else {
+        return Ok(());
+    };
+    if ws.iter().any(|(w, _, _)| w.cols != w0.cols) {
+        bail!("products of one input need matrices of one width");
     }
+    if ws.len() > 3 || ws.iter().any(|(w, _, _)| w.ty != w0.ty) {
+        // Mixed types (a file with per-tensor overrides): one launch each, the input quantized
+        // once.
+        let mut quantize = quantize;
+        for &m in ws {
+            launch_products(gpu, stream, &[m], x, n, act, quantize)?;
+            quantize &= !m.0.quantized();
+        }
+        return Ok(());
+    }
+    let name = product_kernel(w0.ty)?;
+    let cols = w0.cols;
+    let m = |k: usize| {
+        ws.get(k)
+            .map_or((0, 0, 0, 0), |(w, y, b)| (w.ptr, *y, *b, w.rows))
+    };
+    let (m0, m1, m2) = (m(0), m(1), m(2));
+    let grid = ((m0.3 + m1.3 + m2.3).div_ceil(4), 1);
+    let rb = w0.row_bytes as u64;
+    let nb = cols / 32;
+    if w0.quantized() && quantize {
+        gpu.launch(
+            stream,
+            "quantize_q8",
+            ((n * nb).div_ceil(4), 1),
+            128,
+            &[x, act.0, act.1, i(n * cols)],
+        )?;
+    }
+    let mut c0 = 0;
+    while c0 < n {
+        let nc = COLS.min(n - c0);
+        let y = |p: DPtr, rows: usize| {
+            if p == 0 {
+                0
+            } else {
+                p + (c0 * rows * 4) as u64
+            }
+        };
+        let (y0, y1, y2) = (y(m0.1, m0.3), y(m1.1, m1.3), y(m2.1, m2.3));
+        if w0.quantized() {
+            let q = act.0 + (c0 * cols) as u64;
+            let d = act.1 + (c0 * nb * 4) as u64;
+            let a = [
+                m0.0,
+                m1.0,
+                m2.0,
+                rb,
+                q,
+                d,
+                y0,
+                y1,
+                y2,
+                i(m0.3),
+                i(m1.3),
+                i(m2.3),
+                i(nb),
+                m0.2,
+                m1.2,
+                m2.2,
+                i(nc),
+            ];
+            gpu.launch(stream, name, grid, 128, &a)?;
+        } else {
+            let xc = x + (c0 * cols * 4) as u64;
+            let a = [
+                m0.0,
+                m1.0,
+                m2.0,
+                rb,
+                xc,
+                y0,
+                y1,
+                y2,
+                i(m0.3),
+                i(m1.3),
+                i(m2.3),
+                i(cols),
+                m0.2,
+                m1.2,
+                m2.2,
+                i(nc),
+            ];
+            gpu.launch(stream, name, grid, 128, &a)?;
+        }
+        c0 += nc;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -648,9 +732,10 @@ enum GState {
     Ssd { conv: DPtr, ssm: DPtr },
 }
 
-/// Scratch of one session on the device (one token).
+/// Scratch of one session on the device, for up to [`BATCH`] tokens at a time.
 #[derive(Debug)]
 struct GScratch {
+    /// `[BATCH][2]` i32: token t at `2t`; the position of the first token at 1.
     step: DPtr,
     x: DPtr,
     xb: DPtr,
@@ -662,7 +747,6 @@ struct GScratch {
     v: DPtr,
     att_out: DPtr,
     att: DPtr,
-    dt: DPtr,
     act_q: DPtr,
     act_d: DPtr,
     zx: DPtr,
@@ -675,6 +759,9 @@ struct GScratch {
     logits: DPtr,
     trace: DPtr,
 }
+
+/// Tokens one forward call handles (a [`crate::Session`] prefill feeds chunks of this size).
+pub const BATCH: usize = crate::session::MAX_BATCH;
 
 /// One sequence on the GPU: device states and scratch, sized once; the decode step's CUDA graph.
 pub struct GpuSession {
@@ -691,6 +778,8 @@ pub struct GpuSession {
     stream: Arc<CudaStream>,
     graph: Option<CudaGraph>,
     use_graph: bool,
+    /// Host copy of the step buffer.
+    step: Vec<i32>,
 }
 
 impl std::fmt::Debug for GpuSession {
@@ -704,6 +793,10 @@ impl std::fmt::Debug for GpuSession {
 // may be used from any thread once the context is bound, which every entry point does.
 unsafe impl Send for GpuSession {}
 
+/// The pending residual add of a sublayer's output (`x = scale ⊙ x + branch`), applied by the
+/// next RMSNorm: (scale or 0, branch or 0).
+type Pending = (DPtr, DPtr);
+
 impl GpuSession {
     /// Opens a session on `cuda:ordinal` with room for `ctx` positions of a plain KV cache.
     pub fn new(model: &Arc<Model>, ordinal: usize, ctx: usize) -> Result<Self> {
@@ -713,7 +806,7 @@ impl GpuSession {
         let c = model.config.clone();
         let g = &*gpu;
         let mut pool = Pool::default();
-        let f4 = 4usize;
+        let (f4, b) = (4usize, BATCH);
         let qd = c.n_heads * c.head_dim;
         let kvd = c.n_kv_heads * c.head_dim;
         let ssd = c.ssd;
@@ -750,28 +843,27 @@ impl GpuSession {
             })
             .collect::<Result<Vec<_>>>()?;
         let s = GScratch {
-            step: pool.zeros(g, 8)?,
-            x: pool.zeros(g, c.d_model * f4)?,
-            xb: pool.zeros(g, c.d_model * f4)?,
-            xb2: pool.zeros(g, c.d_model * f4)?,
-            h1: pool.zeros(g, c.d_ff * f4)?,
-            h2: pool.zeros(g, c.d_ff * f4)?,
-            q: pool.zeros(g, qd * f4)?,
-            k: pool.zeros(g, kvd * f4)?,
-            v: pool.zeros(g, kvd * f4)?,
-            att_out: pool.zeros(g, qd * f4)?,
-            att: pool.zeros(g, c.n_heads * max_keys * f4)?,
-            dt: pool.zeros(g, c.n_kv_heads * f4)?,
-            act_q: pool.zeros(g, widest.div_ceil(32) * 32)?,
-            act_d: pool.zeros(g, widest.div_ceil(32) * f4)?,
-            zx: pool.zeros(g, ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
-            xbc: pool.zeros(g, ssd.map_or(0, |s| s.conv_dim()) * f4)?,
-            y: pool.zeros(g, ssd.map_or(0, |s| s.d_inner) * f4)?,
-            router: pool.zeros(g, 2 * nk * f4)?,
-            idx: pool.zeros(g, c.n_experts_used * f4)?,
-            wt: pool.zeros(g, c.n_experts_used * f4)?,
-            alpha: pool.zeros(g, c.n_experts_used * f4)?,
-            logits: pool.zeros(g, c.n_vocab * f4)?,
+            step: pool.zeros(g, 2 * b * f4)?,
+            x: pool.zeros(g, b * c.d_model * f4)?,
+            xb: pool.zeros(g, b * c.d_model * f4)?,
+            xb2: pool.zeros(g, b * c.d_model * f4)?,
+            h1: pool.zeros(g, b * c.d_ff * f4)?,
+            h2: pool.zeros(g, b * c.d_ff * f4)?,
+            q: pool.zeros(g, b * qd * f4)?,
+            k: pool.zeros(g, b * kvd * f4)?,
+            v: pool.zeros(g, b * kvd * f4)?,
+            att_out: pool.zeros(g, b * qd * f4)?,
+            att: pool.zeros(g, b * c.n_heads * max_keys * f4)?,
+            act_q: pool.zeros(g, b * widest.div_ceil(32) * 32)?,
+            act_d: pool.zeros(g, b * widest.div_ceil(32) * f4)?,
+            zx: pool.zeros(g, b * ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
+            xbc: pool.zeros(g, b * ssd.map_or(0, |s| s.conv_dim()) * f4)?,
+            y: pool.zeros(g, b * ssd.map_or(0, |s| s.d_inner) * f4)?,
+            router: pool.zeros(g, b * 2 * nk * f4)?,
+            idx: pool.zeros(g, b * c.n_experts_used * f4)?,
+            wt: pool.zeros(g, b * c.n_experts_used * f4)?,
+            alpha: pool.zeros(g, b * c.n_experts_used * f4)?,
+            logits: pool.zeros(g, b * c.n_vocab * f4)?,
             trace: pool.zeros(g, (c.n_layers + 1) * c.d_model * f4)?,
         };
         gpu.stream.synchronize()?;
@@ -787,6 +879,7 @@ impl GpuSession {
             states,
             graph: None,
             use_graph,
+            step: vec![0; 2 * b],
         })
     }
 
@@ -802,8 +895,7 @@ impl GpuSession {
 
     /// Forgets the sequence (zeroes every state).
     pub fn reset(&mut self) -> Result<()> {
-        let gpu = &self.w.gpu;
-        gpu.ctx.bind_to_thread()?;
+        self.w.gpu.ctx.bind_to_thread()?;
         for st in &self.states {
             match *st {
                 GState::Kv { .. } => {}
@@ -818,7 +910,7 @@ impl GpuSession {
                 }
             }
         }
-        gpu.stream.synchronize()?;
+        self.stream.synchronize()?;
         Ok(())
     }
 
@@ -833,6 +925,9 @@ impl GpuSession {
     }
 
     fn htod<T>(&self, dst: DPtr, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
         // SAFETY: `dst` is a device buffer of at least `size_of_val(src)` bytes; the source is
         // pageable host memory, which the driver stages before returning.
         unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }?;
@@ -840,16 +935,20 @@ impl GpuSession {
     }
 
     fn dtoh<T>(&self, dst: &mut [T], src: DPtr) -> Result<()> {
-        // SAFETY: `src` is a device buffer of at least `size_of_val(dst)` bytes; the stream is
-        // synchronized before `dst` is read.
-        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }?;
+        if !dst.is_empty() {
+            // SAFETY: `src` is a device buffer of at least `size_of_val(dst)` bytes; the stream
+            // is synchronized before `dst` is read.
+            unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }?;
+        }
         self.stream.synchronize()?;
         Ok(())
     }
 
-    /// Runs `tokens` at positions `pos..`: the logits after the last token into `logits` (and
-    /// after every token appended to `all`); with `trace`, the residual stream of the last token
-    /// after the embedding and after each layer (`[L+1][d_model]`).
+    /// Runs `tokens` at positions `pos..` ([`BATCH`] at a time): the logits after the last token
+    /// into `logits` (and after every token appended to `all`); with `trace`, the residual
+    /// stream of the last token after the embedding and after each layer (`[L+1][d_model]`).
+    /// A single token without a trace replays the decode step's CUDA graph (captured on first
+    /// use).
     pub fn forward(
         &mut self,
         tokens: &[u32],
@@ -869,17 +968,23 @@ impl GpuSession {
             bail!("the context is full ({} tokens)", self.ctx);
         }
         let tracing = trace.is_some();
-        for (t, &tok) in tokens.iter().enumerate() {
-            let step = [tok as i32, (pos + t) as i32];
-            self.htod(self.s.step, &step)?;
-            if tracing || !self.use_graph {
-                self.launch_step(tracing)?;
-            } else {
+        let v = self.config.n_vocab;
+        let mut start = 0;
+        while start < tokens.len() {
+            let chunk = &tokens[start..(start + BATCH).min(tokens.len())];
+            let n = chunk.len();
+            for (t, &tok) in chunk.iter().enumerate() {
+                self.step[2 * t] = tok as i32;
+                self.step[2 * t + 1] = (pos + start + t) as i32;
+            }
+            self.htod(self.s.step, &self.step[..2 * n])?;
+            let every = all.is_some();
+            if n == 1 && !tracing && self.use_graph {
                 if self.graph.is_none() {
                     self.stream.begin_capture(
                         sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                     )?;
-                    let r = self.launch_step(false);
+                    let r = self.launch_batch(1, false, false);
                     let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0))?;
                     r?;
                     self.graph = Some(g.ok_or_else(|| anyhow!("capturing the decode graph"))?);
@@ -887,13 +992,18 @@ impl GpuSession {
                 if let Some(g) = &self.graph {
                     g.launch()?;
                 }
+            } else {
+                self.launch_batch(n, tracing, every)?;
             }
-            if all.is_some() || t + 1 == tokens.len() {
+            if let Some(a) = all.as_mut() {
+                let at = a.len();
+                a.resize(at + n * v, 0.0);
+                self.dtoh(&mut a[at..], self.s.logits)?;
+                logits.copy_from_slice(&a[at + (n - 1) * v..]);
+            } else if start + n == tokens.len() {
                 self.dtoh(logits, self.s.logits)?;
-                if let Some(a) = all.as_mut() {
-                    a.extend_from_slice(logits);
-                }
             }
+            start += n;
         }
         if let Some(tr) = trace {
             self.dtoh(tr, self.s.trace)?;
@@ -901,100 +1011,159 @@ impl GpuSession {
         Ok(())
     }
 
-    /// Products of several matrices with the same input `x` (quantized once).
-    fn mvs(&self, x: DPtr, list: &[(&GMat, DPtr, DPtr)]) -> Result<()> {
-        let mut quantized = false;
-        for (w, y, b) in list {
-            let act = (self.s.act_q, self.s.act_d);
-            launch_product(&self.w.gpu, &self.stream, w, x, *y, *b, act, !quantized)?;
-            quantized |= w.quantized();
-        }
-        Ok(())
+    /// Products of up to three matrices with the same `n` input rows `x`; `quantize`: make
+    /// the int8 activation blocks from `x` first (else they hold `x` already).
+    fn products(
+        &self,
+        x: DPtr,
+        n: usize,
+        ws: &[(&GMat, DPtr, DPtr)],
+        quantize: bool,
+    ) -> Result<()> {
+        let act = (self.s.act_q, self.s.act_d);
+        launch_products(&self.w.gpu, &self.stream, ws, x, n, act, quantize)
     }
 
-    fn rmsnorm(&self, x: DPtr, w: DPtr, eps: f32, out: DPtr, n: usize, rows: usize) -> Result<()> {
-        self.launch("rmsnorm", (rows, 1), 256, &[x, w, f(eps), out, i(n)])
-    }
-
-    fn residual(&self, scale: DPtr, branch: DPtr) -> Result<()> {
+    /// `x = scale ⊙ x + branch` (the pending residual, if any), then `out = RMSNorm(x) ⊙ w` for
+    /// `n` rows, and the int8 blocks of `out` when `quantize`.
+    fn add_norm(
+        &self,
+        pending: Pending,
+        w: DPtr,
+        out: DPtr,
+        n: usize,
+        quantize: bool,
+    ) -> Result<()> {
         let d = self.config.d_model;
+        let (q, qd) = if quantize {
+            (self.s.act_q, self.s.act_d)
+        } else {
+            (0, 0)
+        };
         self.launch(
-            "residual",
-            (d.div_ceil(256), 1),
+            "add_rmsnorm",
+            (n, 1),
             256,
-            &[self.s.x, scale, branch, i(d), i(d)],
+            &[
+                self.s.x,
+                pending.0,
+                pending.1,
+                w,
+                f(self.config.norm_eps),
+                out,
+                i(d),
+                q,
+                qd,
+            ],
         )
     }
 
-    /// RoPE of the attention heads in `x` (`width` values) at the step's position.
-    fn rope(&self, x: DPtr, width: usize) -> Result<()> {
-        let Some(r) = &self.config.rope else {
+    /// Applies a pending residual add now (for traces).
+    fn flush(&self, pending: Pending, n: usize) -> Result<()> {
+        if pending.1 == 0 {
+            return Ok(());
+        }
+        let len = n * self.config.d_model;
+        self.launch(
+            "residual",
+            (len.div_ceil(256), 1),
+            256,
+            &[
+                self.s.x,
+                pending.0,
+                pending.1,
+                i(len),
+                i(self.config.d_model),
+            ],
+        )
+    }
+
+    /// `out = MLP(x)` for `n` rows whose int8 blocks are ready when the MLP is quantized.
+    fn mlp(&self, m: &GMlp, x: DPtr, n: usize, out: DPtr) -> Result<()> {
+        let s = &self.s;
+        self.products(x, n, &[(&m.gate, s.h1, 0), (&m.up, s.h2, 0)], false)?;
+        let len = n * m.gate.rows;
+        if m.down.quantized() {
+            self.launch(
+                "silu_mul_q8",
+                (len.div_ceil(32 * 4), 1),
+                128,
+                &[s.h1, s.h2, i(len), s.act_q, s.act_d],
+            )?;
+        } else {
+            self.launch(
+                "silu_mul",
+                (len.div_ceil(256), 1),
+                256,
+                &[s.h1, s.h2, i(len)],
+            )?;
+        }
+        self.products(s.h1, n, &[(&m.down, out, 0)], false)
+    }
+
+    /// RoPE (after the per-head norm for DMA) of the step's Q and K rows; with `cache`, K and
+    /// V are appended to the plain KV cache too.
+    fn qk_rope(&self, n: usize, norms: (DPtr, DPtr), cache: (DPtr, DPtr)) -> Result<()> {
+        let c = &self.config;
+        let Some(r) = &c.rope else {
             bail!("attention without RoPE");
         };
-        let pairs = width / r.dim * (r.dim / 2);
-        let (df, dorig) = r.dynamic.map_or((0.0, 0), |(f, o)| (f, o));
-        let pairing = match r.pairing {
-            RopePairing::Halves => 0,
-            RopePairing::Adjacent => 1,
-        };
+        let (df, dorig) = r.dynamic.unwrap_or((0.0, 0));
+        let pairing = usize::from(r.pairing == RopePairing::Adjacent);
+        let s = &self.s;
         self.launch(
-            "rope",
-            (pairs.div_ceil(128), 1),
+            "qk_rope",
+            (c.n_heads + c.n_kv_heads, n),
             128,
             &[
-                x,
-                width as u64,
-                i(width),
+                s.q,
+                s.k,
+                s.v,
+                i(c.n_heads),
+                i(c.n_kv_heads),
+                i(c.head_dim),
+                norms.0,
+                norms.1,
+                f(c.norm_eps),
                 i(r.dim),
                 i(pairing),
-                self.s.step,
+                s.step,
                 self.w.rope_inv_freq,
                 f(r.theta),
                 f(r.linear_factor),
                 f(df),
                 i(dorig),
+                cache.0,
+                cache.1,
             ],
         )
     }
 
-    fn mlp(&self, m: &GMlp, x: DPtr, out: DPtr) -> Result<()> {
-        let s = &self.s;
-        self.mvs(x, &[(&m.gate, s.h1, 0), (&m.up, s.h2, 0)])?;
-        let n = m.gate.rows;
-        self.launch("silu_mul", (n.div_ceil(256), 1), 256, &[s.h1, s.h2, i(n)])?;
-        self.mvs(s.h1, &[(&m.down, out, 0)])
-    }
-
-    /// Q, K, V projections of `xb` into the scratch, with biases.
-    fn project(&self, p: &GQkvo) -> Result<()> {
-        let s = &self.s;
-        self.mvs(
-            s.xb,
-            &[
-                (&p.q, s.q, p.q_bias),
-                (&p.k, s.k, p.k_bias),
-                (&p.v, s.v, p.v_bias),
-            ],
-        )
-    }
-
+    /// Attention of tokens `t0..t0 + n` over a cache (see the kernel), writing `att_out` and,
+    /// when `quantize`, its int8 blocks.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
+        t0: usize,
+        n: usize,
         kc: DPtr,
         vc: DPtr,
-        head_stride: usize,
-        row_stride: usize,
+        strides: (usize, usize),
         lens: DPtr,
-        bias: DPtr,
-        bias_stride: usize,
+        bias: (DPtr, usize),
+        quantize: bool,
     ) -> Result<()> {
         let c = &self.config;
         let s = &self.s;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let (q8, d8) = if quantize && c.head_dim.is_multiple_of(32) {
+            (s.act_q, s.act_d)
+        } else {
+            (0, 0)
+        };
         self.launch(
             "attention",
-            (c.n_heads, 1),
+            (c.n_heads, n),
             256,
             &[
                 s.q,
@@ -1004,32 +1173,38 @@ impl GpuSession {
                 s.att,
                 i(c.n_heads / c.n_kv_heads),
                 i(c.head_dim),
-                head_stride as u64,
-                i(row_stride),
+                strides.0 as u64,
+                i(strides.1),
                 lens,
-                bias,
-                i(bias_stride),
+                bias.0,
+                i(bias.1),
                 i(self.max_keys),
                 f(scale),
                 s.step,
+                i(t0),
+                q8,
+                d8,
             ],
         )
     }
 
-    /// Every launch of one token's forward pass (the token and position are in `s.step`).
-    fn launch_step(&self, trace: bool) -> Result<()> {
+    /// Every launch of the forward pass of the `n` tokens in the step buffer (a fixed sequence
+    /// for a given `n`: the decode graph is the one for `n = 1`). With `every`, the logits of
+    /// every token, else of the last one (at row 0 of `logits`).
+    fn launch_batch(&self, n: usize, trace: bool, every: bool) -> Result<()> {
         let c = &self.config;
         let w = &*self.w;
         let s = &self.s;
         let d = c.d_model;
+        let (hd, kvd) = (c.head_dim, c.n_kv_heads * c.head_dim);
         let copy_trace = |l: usize| -> Result<()> {
             if trace {
-                // SAFETY: `trace` holds (L+1)·d floats and `x` d floats, both device buffers
-                // of this session.
+                // SAFETY: `trace` holds (L+1)·d floats and `x` BATCH·d floats, both device
+                // buffers of this session; row n-1 is within the batch.
                 unsafe {
                     cu::memcpy_dtod_async(
                         s.trace + (l * d * 4) as u64,
-                        s.x,
+                        s.x + ((n - 1) * d * 4) as u64,
                         d * 4,
                         self.stream.cu_stream(),
                     )
@@ -1039,7 +1214,7 @@ impl GpuSession {
         };
         self.launch(
             "embed",
-            (d.div_ceil(256), 1),
+            (d.div_ceil(256), n),
             256,
             &[
                 i(w.embed.ty as usize),
@@ -1051,22 +1226,22 @@ impl GpuSession {
             ],
         )?;
         copy_trace(0)?;
-        let (hd, kvd) = (c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut pending: Pending = (0, 0);
         for (l, (layer, st)) in w.layers.iter().zip(&self.states).enumerate() {
-            self.rmsnorm(s.x, layer.attn_norm, c.norm_eps, s.xb, d, 1)?;
             match (&layer.mixer, st) {
                 (GMixer::Attention(p), GState::Kv { k, v }) => {
-                    self.project(p)?;
-                    self.rope(s.q, c.n_heads * hd)?;
-                    self.rope(s.k, kvd)?;
-                    self.launch(
-                        "kv_append",
-                        (kvd.div_ceil(256), 1),
-                        256,
-                        &[s.k, s.v, *k, *v, i(kvd), s.step],
-                    )?;
-                    self.attend(*k, *v, hd, kvd, 0, 0, 0)?;
-                    self.mvs(s.att_out, &[(&p.o, s.xb2, p.o_bias)])?;
+                    let q8 = any_quantized(&[&p.q, &p.k, &p.v]);
+                    self.add_norm(pending, layer.attn_norm, s.xb, n, q8)?;
+                    let qkv = [
+                        (&p.q, s.q, p.q_bias),
+                        (&p.k, s.k, p.k_bias),
+                        (&p.v, s.v, p.v_bias),
+                    ];
+                    self.products(s.xb, n, &qkv, false)?;
+                    self.qk_rope(n, (0, 0), (*k, *v))?;
+                    self.attend(0, n, *k, *v, (hd, kvd), 0, (0, 0), p.o.quantized())?;
+                    let quantized_here = p.o.quantized() && !hd.is_multiple_of(32);
+                    self.products(s.att_out, n, &[(&p.o, s.xb2, p.o_bias)], quantized_here)?;
                 }
                 (
                     GMixer::Dma {
@@ -1085,37 +1260,55 @@ impl GpuSession {
                         len,
                     },
                 ) => {
-                    self.project(proj)?;
-                    self.rmsnorm(s.q, *q_norm, c.norm_eps, s.q, hd, c.n_heads)?;
-                    self.rmsnorm(s.k, *k_norm, c.norm_eps, s.k, hd, c.n_kv_heads)?;
-                    self.rope(s.q, c.n_heads * hd)?;
-                    self.rope(s.k, kvd)?;
-                    self.mvs(s.v, &[(dt, s.dt, 0)])?;
+                    let p = proj;
+                    let q8 = any_quantized(&[&p.q, &p.k, &p.v]);
+                    self.add_norm(pending, layer.attn_norm, s.xb, n, q8)?;
+                    let qkv = [
+                        (&p.q, s.q, p.q_bias),
+                        (&p.k, s.k, p.k_bias),
+                        (&p.v, s.v, p.v_bias),
+                    ];
+                    self.products(s.xb, n, &qkv, false)?;
+                    self.qk_rope(n, (*q_norm, *k_norm), (0, 0))?;
                     let kw = c.keep_window;
-                    self.launch(
-                        "dma_insert",
-                        (c.n_kv_heads, 1),
-                        256,
-                        &[
-                            s.k,
-                            s.v,
-                            s.dt,
-                            *dt_bias,
-                            *a,
+                    for t in 0..n {
+                        self.launch(
+                            "dma_insert",
+                            (c.n_kv_heads, 1),
+                            256,
+                            &[
+                                s.k,
+                                s.v,
+                                i(dt.ty as usize),
+                                dt.ptr,
+                                dt.row_bytes as u64,
+                                *dt_bias,
+                                *a,
+                                *k,
+                                *v,
+                                *score,
+                                *pos,
+                                *len,
+                                i(kw),
+                                i(hd),
+                                i(c.n_kv_heads),
+                                i(t),
+                                s.step,
+                            ],
+                        )?;
+                        self.attend(
+                            t,
+                            1,
                             *k,
                             *v,
-                            *score,
-                            *pos,
+                            (kw * hd, hd),
                             *len,
-                            i(kw),
-                            i(hd),
-                            i(c.n_kv_heads),
-                            i(0),
-                            s.step,
-                        ],
-                    )?;
-                    self.attend(*k, *v, kw * hd, hd, *len, *score, kw)?;
-                    self.mvs(s.att_out, &[(&proj.o, s.xb2, proj.o_bias)])?;
+                            (*score, kw),
+                            p.o.quantized(),
+                        )?;
+                    }
+                    let quantized_here = p.o.quantized() && !hd.is_multiple_of(32);
+                    self.products(s.att_out, n, &[(&p.o, s.xb2, p.o_bias)], quantized_here)?;
                 }
                 (
                     GMixer::Ssd {
@@ -1135,30 +1328,32 @@ impl GpuSession {
                 ) => {
                     let sc = c.ssd.ok_or_else(|| anyhow!("SSD config missing"))?;
                     let (di, cd, rows) = (sc.d_inner, sc.conv_dim(), sc.in_proj_rows());
-                    self.mvs(s.xb, &[(in_proj, s.zx, *in_bias)])?;
-                    self.launch(
-                        "ssd_conv",
-                        (cd.div_ceil(256), 1),
-                        256,
-                        &[
-                            s.zx,
-                            i(rows),
-                            i(di),
-                            *conv,
-                            *conv_w,
-                            *conv_b,
-                            s.xbc,
-                            i(cd),
-                            i(sc.d_conv),
-                            i(0),
-                        ],
-                    )?;
+                    self.add_norm(pending, layer.attn_norm, s.xb, n, in_proj.quantized())?;
+                    self.products(s.xb, n, &[(in_proj, s.zx, *in_bias)], false)?;
+                    for t in 0..n {
+                        self.launch(
+                            "ssd_conv",
+                            (cd.div_ceil(256), 1),
+                            256,
+                            &[
+                                s.zx,
+                                i(rows),
+                                i(di),
+                                *conv,
+                                *conv_w,
+                                *conv_b,
+                                s.xbc,
+                                i(cd),
+                                i(sc.d_conv),
+                                i(t),
+                            ],
+                        )?;
+                    }
                     if *rope_inv_freq != 0 {
                         let width = 2 * sc.n_groups * sc.d_state;
-                        let pairs = width / 2;
                         self.launch(
                             "rope",
-                            (pairs.div_ceil(128), 1),
+                            ((width / 2).div_ceil(128), n),
                             128,
                             &[
                                 s.xbc + (di * 4) as u64,
@@ -1175,43 +1370,52 @@ impl GpuSession {
                             ],
                         )?;
                     }
-                    self.launch(
-                        "ssd_step",
-                        (sc.n_heads, 1),
-                        256,
-                        &[
-                            s.xbc,
-                            i(cd),
-                            s.zx,
-                            i(rows),
-                            i(di + cd),
-                            *dt_bias,
-                            *a,
-                            *dskip,
-                            *ssm,
-                            s.y,
-                            i(sc.head_dim),
-                            i(sc.d_state),
-                            i(sc.n_groups),
-                            i(di),
-                            i(0),
-                        ],
-                    )?;
+                    for t in 0..n {
+                        self.launch(
+                            "ssd_step",
+                            (sc.n_heads, 1),
+                            256,
+                            &[
+                                s.xbc,
+                                i(cd),
+                                s.zx,
+                                i(rows),
+                                i(di + cd),
+                                *dt_bias,
+                                *a,
+                                *dskip,
+                                *ssm,
+                                s.y,
+                                i(sc.head_dim),
+                                i(sc.d_state),
+                                i(sc.n_groups),
+                                i(di),
+                                i(t),
+                            ],
+                        )?;
+                    }
+                    let gs = di / sc.n_groups;
+                    let q8 = out_proj.quantized() && gs.is_multiple_of(32);
+                    let (q, qd) = if q8 { (s.act_q, s.act_d) } else { (0, 0) };
                     self.launch(
                         "gate_norm",
-                        (sc.n_groups, 1),
+                        (sc.n_groups, n),
                         256,
-                        &[s.y, s.zx, i(rows), *norm, f(sc.norm_eps), i(di)],
+                        &[s.y, s.zx, i(rows), *norm, f(sc.norm_eps), i(di), q, qd],
                     )?;
-                    self.mvs(s.y, &[(out_proj, s.xb2, *out_bias)])?;
+                    let quantize = out_proj.quantized() && !q8;
+                    self.products(s.y, n, &[(out_proj, s.xb2, *out_bias)], quantize)?;
                 }
                 _ => bail!("layer {l}: state does not match its mixer"),
             }
-            self.residual(layer.attn_residual, s.xb2)?;
+            pending = (layer.attn_residual, s.xb2);
             if let Some((norm, res, ffn)) = &layer.ffn {
-                self.rmsnorm(s.x, *norm, c.norm_eps, s.xb, d, 1)?;
                 match ffn {
-                    GFfn::Mlp(m) => self.mlp(m, s.xb, s.xb2)?,
+                    GFfn::Mlp(m) => {
+                        let q8 = any_quantized(&[&m.gate, &m.up]);
+                        self.add_norm(pending, *norm, s.xb, n, q8)?;
+                        self.mlp(m, s.xb, n, s.xb2)?;
+                    }
                     GFfn::CdMoe {
                         shared,
                         router,
@@ -1222,17 +1426,19 @@ impl GpuSession {
                         n_keys,
                         n_used,
                     } => {
-                        self.mvs(s.xb, &[(router, s.router, 0)])?;
+                        let q8 = any_quantized(&[router, &shared.gate, &shared.up]);
+                        self.add_norm(pending, *norm, s.xb, n, q8)?;
+                        self.products(s.xb, n, &[(router, s.router, 0)], false)?;
                         self.launch(
                             "moe_route",
-                            (1, 1),
+                            (n, 1),
                             256,
                             &[s.router, i(*n_keys), i(*n_used), s.idx, s.wt],
                         )?;
-                        self.mlp(shared, s.xb, s.xb2)?;
+                        self.mlp(shared, s.xb, n, s.xb2)?;
                         self.launch(
                             "moe_alpha",
-                            (*n_used, 1),
+                            (*n_used, n),
                             128,
                             &[
                                 i(*ty as usize),
@@ -1248,7 +1454,7 @@ impl GpuSession {
                         )?;
                         self.launch(
                             "moe_up",
-                            (d.div_ceil(256), 1),
+                            (d.div_ceil(256), n),
                             256,
                             &[
                                 i(*ty as usize),
@@ -1263,12 +1469,36 @@ impl GpuSession {
                         )?;
                     }
                 }
-                self.residual(*res, s.xb2)?;
+                pending = (*res, s.xb2);
+            }
+            if trace {
+                self.flush(pending, n)?;
+                pending = (0, 0);
             }
             copy_trace(l + 1)?;
         }
-        self.rmsnorm(s.x, w.output_norm, c.norm_eps, s.xb, d, 1)?;
-        self.mvs(s.xb, &[(&w.output, s.logits, 0)])
+        let q8 = w.output.quantized();
+        self.add_norm(pending, w.output_norm, s.xb, n, q8)?;
+        if every {
+            self.products(s.xb, n, &[(&w.output, s.logits, 0)], false)
+        } else {
+            // Only the last row: its activation and int8 blocks sit at row n-1.
+            let off = n - 1;
+            let act = (
+                s.act_q + (off * d) as u64,
+                s.act_d + (off * (d / 32) * 4) as u64,
+            );
+            let x = s.xb + (off * d * 4) as u64;
+            launch_products(
+                &w.gpu,
+                &self.stream,
+                &[(&w.output, s.logits, 0)],
+                x,
+                1,
+                act,
+                false,
+            )
+        }
     }
 
     /// The device state as a snapshot's layers (KV caches as far as `pos`).

@@ -7,7 +7,7 @@ use anyhow::Result;
 use cheems_kernels::matvec::MatRef;
 use cudarc::driver::{result as cu, CudaStream};
 
-use super::{f, gpu, i, launch_product, upload_matref, DPtr, Gpu, Pool};
+use super::{f, gpu, i, launch_products, upload_matref, DPtr, Gpu, Pool};
 use crate::config::{Rope, RopePairing};
 
 /// A GPU and a stream for one-off kernel launches.
@@ -57,18 +57,20 @@ impl Ops {
         pool.upload(&self.gpu, &b)
     }
 
-    /// `y = W x` with the engine's product for `w`'s type (K-quants converted to F16).
-    pub fn matvec(&self, w: &MatRef<'_>, x: &[f32]) -> Result<Vec<f32>> {
+    /// `y[t] = W x[t]` for the rows of `x` (`[n][w.cols]`) with the engine's product for `w`'s
+    /// type (K-quants converted to F16), 8 rows per launch.
+    pub fn matmul(&self, w: &MatRef<'_>, x: &[f32]) -> Result<Vec<f32>> {
         self.gpu.ctx.bind_to_thread()?;
+        let n = x.len() / w.cols.max(1);
         let mut pool = Pool::default();
         let gm = upload_matref(&mut pool, &self.gpu, w)?;
         let xp = self.pool_upload(&mut pool, x)?;
-        let y = pool.zeros(&self.gpu, w.rows * 4)?;
+        let y = pool.zeros(&self.gpu, n * w.rows * 4)?;
         let q = pool.zeros(&self.gpu, x.len().div_ceil(32) * 32)?;
         let d = pool.zeros(&self.gpu, x.len().div_ceil(32) * 4)?;
         self.gpu.stream.synchronize()?;
-        launch_product(&self.gpu, &self.stream, &gm, xp, y, 0, (q, d), true)?;
-        self.down(y, w.rows)
+        launch_products(&self.gpu, &self.stream, &[(&gm, y, 0)], xp, n, (q, d), true)?;
+        self.down(y, n * w.rows)
     }
 
     /// RMSNorm of each `w.len()`-sized row of `x`.
@@ -177,6 +179,9 @@ impl Ops {
                 i(n),
                 f(scale),
                 step,
+                0,
+                0,
+                0,
             ],
         )?;
         self.down(out, n_heads * head_dim)

@@ -149,6 +149,44 @@ extern "C" __global__ void rmsnorm(const float* x, const float* w, float eps, fl
     for (int j = threadIdx.x; j < n; j += blockDim.x) o[j] = w[j] * (xr[j] * inv);
 }
 
+// Quantizes one block of 32 values (one per lane of a warp) to int8 with one scale, as
+// quantize_q8 does; block b of q/d.
+__device__ __forceinline__ void q8_block(float v, signed char* q, float* d, long long b, int lane) {
+    float amax = warp_max(fabsf(v));
+    float s = amax / 127.0f;
+    float id = s != 0.0f ? 1.0f / s : 0.0f;
+    q[b * 32 + lane] = (signed char)roundf(v * id);
+    if (lane == 0) d[b] = s;
+}
+
+// Row r = blockIdx.x: with a branch, first x[r] = scale ⊙ x[r] + branch[r] (scale NULL: x +=
+// branch), written back (the residual add); then out[r] = RMSNorm(x[r]) ⊙ w, and with q, its
+// int8 blocks (n a multiple of 32) for the product that follows.
+extern "C" __global__ void add_rmsnorm(float* x, const float* scale, const float* branch,
+                                       const float* w, float eps, float* out, int n,
+                                       signed char* q, float* qd) {
+    float* xr = x + (long long)blockIdx.x * n;
+    float* o = out + (long long)blockIdx.x * n;
+    const float* br = branch ? branch + (long long)blockIdx.x * n : 0;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float v = xr[j];
+        if (br) {
+            v = scale ? scale[j] * v + br[j] : v + br[j];
+            xr[j] = v;
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss) / (float)n;
+    float inv = 1.0f / sqrtf(ss + eps);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) o[j] = w[j] * (xr[j] * inv);
+    if (!q) return;
+    __syncthreads();
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    long long b0 = (long long)blockIdx.x * (n / 32);
+    for (int b = threadIdx.x >> 5; b < n / 32; b += nw) q8_block(o[b * 32 + lane], q, qd, b0 + b, lane);
+}
+
 // x = scale ⊙ x + b (scale NULL: x += b), over n values with the scale of period d.
 extern "C" __global__ void residual(float* x, const float* scale, const float* b, int n, int d) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -160,6 +198,17 @@ extern "C" __global__ void residual(float* x, const float* scale, const float* b
 extern "C" __global__ void silu_mul(float* a, const float* b, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) a[i] = silu(a[i]) * b[i];
+}
+
+// a = silu(a) ⊙ b and its int8 blocks (n a multiple of 32), one warp per block of 32.
+extern "C" __global__ void silu_mul_q8(float* a, const float* b, int n, signed char* q, float* d) {
+    long long blk = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (blk * 32 >= n) return;
+    long long i = blk * 32 + lane;
+    float v = silu(a[i]) * b[i];
+    a[i] = v;
+    q8_block(v, q, d, blk, lane);
 }
 
 // y[i] += b[i % d] over n values.
@@ -254,6 +303,55 @@ __device__ void mmvq(const u8* w, long long row_bytes, const signed char* q, con
     }
 }
 
+// Up to three matrices of one type and width multiplied by the same activations in one launch
+// (Q|K|V, gate|up): warp row R < r0 is matrix 0's row R, then matrix 1's, then 2's. nc <= NC
+// token columns; y_m is [nc][r_m].
+struct Three {
+    const u8* w[3];
+    float* y[3];
+    const float* b[3];
+    int r[3];
+};
+
+__device__ __forceinline__ bool pick(const Three& m, int R, int* k, int* r) {
+    if (R < m.r[0]) { *k = 0; *r = R; return true; }
+    R -= m.r[0];
+    if (R < m.r[1]) { *k = 1; *r = R; return true; }
+    R -= m.r[1];
+    if (R < m.r[2]) { *k = 2; *r = R; return true; }
+    return false;
+}
+
+template <int T, int NC>
+__device__ void mmvq3(const Three& m, long long row_bytes, const signed char* q, const float* d,
+                      int nb, int nc) {
+    int R = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    int k, r;
+    if (!pick(m, R, &k, &r)) return;
+    const u8* row = m.w[k] + (long long)r * row_bytes;
+    float acc[NC];
+    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
+    for (int it = lane; it < nb * 4; it += 32) {
+        int b = it >> 2, sub = it & 3;
+        if (NC == 1) {
+            acc[0] += d[b] * vdot<T>(row, b, sub, (const int*)(q + (long long)b * 32));
+        } else {
+            for (int c = 0; c < NC; c++) {
+                if (c < nc) {
+                    const int* aq = (const int*)(q + ((long long)c * nb + b) * 32);
+                    acc[c] += d[c * nb + b] * vdot<T>(row, b, sub, aq);
+                }
+            }
+        }
+    }
+    for (int c = 0; c < NC; c++) {
+        if (c >= nc) break;
+        float s = warp_sum(acc[c]);
+        if (lane == 0) m.y[k][(long long)c * m.r[k] + r] = s + (m.b[k] ? m.b[k][r] : 0.0f);
+    }
+}
+
 #define MMVQ(name, T)                                                                          \
     extern "C" __global__ void name##_1(const u8* w, long long rb, const signed char* q,       \
                                         const float* d, float* y, int rows, int nb,            \
@@ -265,6 +363,22 @@ __device__ void mmvq(const u8* w, long long row_bytes, const signed char* q, con
                                         const float* bias) {                                   \
         mmvq<T, 8>(w, rb, q, d, y, rows, nb, bias);                                            \
     }
+#define MMVQ3(name, T)                                                                         \
+    extern "C" __global__ void name(const u8* w0, const u8* w1, const u8* w2, long long rb,    \
+                                    const signed char* q, const float* d, float* y0,           \
+                                    float* y1, float* y2, int r0, int r1, int r2, int nb,      \
+                                    const float* b0, const float* b1, const float* b2, int nc) \
+    {                                                                                          \
+        Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
+        if (nc == 1) mmvq3<T, 1>(m, rb, q, d, nb, 1);                                           \
+        else mmvq3<T, 8>(m, rb, q, d, nb, nc);                                                 \
+    }
+MMVQ3(mmvq3_q4_0, T_Q4_0)
+MMVQ3(mmvq3_q4_1, T_Q4_1)
+MMVQ3(mmvq3_q5_0, T_Q5_0)
+MMVQ3(mmvq3_q5_1, T_Q5_1)
+MMVQ3(mmvq3_q8_0, T_Q8_0)
+
 MMVQ(mmvq_q4_0, T_Q4_0)
 MMVQ(mmvq_q4_1, T_Q4_1)
 MMVQ(mmvq_q5_0, T_Q5_0)
@@ -342,11 +456,152 @@ __device__ void mvf(const u8* w, long long row_bytes, const float* x, float* y, 
                                         int rows, int cols, const float* bias) {               \
         mvf<T, 8>(w, rb, x, y, rows, cols, bias);                                              \
     }
+template <int T, int NC>
+__device__ void mvf3(const Three& m, long long row_bytes, const float* x, int cols, int nc) {
+    int R = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    int k, r;
+    if (!pick(m, R, &k, &r)) return;
+    const u8* row = m.w[k] + (long long)r * row_bytes;
+    float acc[NC];
+    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
+    if (T == T_F32 && (cols & 3) == 0) {
+        const float4* wr = (const float4*)row;
+        for (int i = lane; i < cols / 4; i += 32) {
+            float4 v = wr[i];
+            for (int c = 0; c < NC; c++) {
+                if (c < nc) {
+                    float4 a = ((const float4*)(x + (long long)c * cols))[i];
+                    acc[c] += v.x * a.x + v.y * a.y + v.z * a.z + v.w * a.w;
+                }
+            }
+        }
+    } else if (T != T_F32 && (cols & 7) == 0) {
+        const uint4* wr = (const uint4*)row;
+        for (int i = lane; i < cols / 8; i += 32) {
+            uint4 v = wr[i];
+            u32 p[4] = {v.x, v.y, v.z, v.w};
+            float f[8];
+            for (int j = 0; j < 4; j++) {
+                if (T == T_F16) {
+                    f[2 * j] = h2f((u16)(p[j] & 0xffff));
+                    f[2 * j + 1] = h2f((u16)(p[j] >> 16));
+                } else {
+                    f[2 * j] = __uint_as_float(p[j] << 16);
+                    f[2 * j + 1] = __uint_as_float(p[j] & 0xffff0000u);
+                }
+            }
+            for (int c = 0; c < NC; c++) {
+                if (c < nc) {
+                    const float4* xa = (const float4*)(x + (long long)c * cols) + 2 * i;
+                    float4 a = xa[0], b = xa[1];
+                    acc[c] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x +
+                              f[5] * b.y + f[6] * b.z + f[7] * b.w;
+                }
+            }
+        }
+    } else {
+        for (int i = lane; i < cols; i += 32) {
+            float wv = T == T_F32 ? ((const float*)row)[i]
+                     : T == T_F16 ? h2f(((const u16*)row)[i]) : bf2f(((const u16*)row)[i]);
+            for (int c = 0; c < NC; c++)
+                if (c < nc) acc[c] += wv * x[(long long)c * cols + i];
+        }
+    }
+    for (int c = 0; c < NC; c++) {
+        if (c >= nc) break;
+        float s = warp_sum(acc[c]);
+        if (lane == 0) m.y[k][(long long)c * m.r[k] + r] = s + (m.b[k] ? m.b[k][r] : 0.0f);
+    }
+}
+
+#define MVF3(name, T)                                                                          \
+    extern "C" __global__ void name(const u8* w0, const u8* w1, const u8* w2, long long rb,    \
+                                    const float* x, float* y0, float* y1, float* y2, int r0,   \
+                                    int r1, int r2, int cols, const float* b0, const float* b1, \
+                                    const float* b2, int nc) {                                 \
+        Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
+        if (nc == 1) mvf3<T, 1>(m, rb, x, cols, 1);                                             \
+        else mvf3<T, 8>(m, rb, x, cols, nc);                                                   \
+    }
+MVF3(mvf3_f32, T_F32)
+MVF3(mvf3_f16, T_F16)
+MVF3(mvf3_bf16, T_BF16)
+
 MVF(mv_f32, T_F32)
 MVF(mv_f16, T_F16)
 MVF(mv_bf16, T_BF16)
 
 // ---- RoPE ---------------------------------------------------------------------------------------
+
+// The angle of pair i at position pos (blocks/rope.rs, RopeTable::angle).
+__device__ float rope_angle(int pos, int i, int dim, const float* inv_freq, float theta,
+                            float linear, float dyn_factor, int dyn_orig) {
+    float p = (float)pos / linear;
+    float f;
+    if (dyn_factor > 0.0f && pos + 1 > dyn_orig) {
+        double dd = (double)dim;
+        double base = (double)theta *
+                      pow((double)dyn_factor * (double)(pos + 1) / (double)dyn_orig -
+                              ((double)dyn_factor - 1.0),
+                          dd / (dd - 2.0));
+        f = (float)(1.0 / pow(base, (double)(2 * i) / dd));
+    } else {
+        f = inv_freq[i];
+    }
+    return p * f;
+}
+
+// One head per block (grid.x: n_heads query heads then n_kv key heads; grid.y: token t at
+// position step[1] + t): with a norm weight, RMSNorm over the head (DMA's q/k norm), then RoPE in
+// place; with kc, the key head and the matching value head are also written to the plain KV
+// cache at row step[1] + t.
+extern "C" __global__ void qk_rope(float* q, float* k, const float* v, int n_heads, int n_kv,
+                                   int hd, const float* qw, const float* kw, float eps, int dim,
+                                   int pairing, const int* step, const float* inv_freq,
+                                   float theta, float linear, float dyn_factor, int dyn_orig,
+                                   float* kc, float* vc) {
+    int hh = blockIdx.x, t = blockIdx.y;
+    bool is_q = hh < n_heads;
+    int h = is_q ? hh : hh - n_heads;
+    float* x = is_q ? q + ((long long)t * n_heads + h) * hd : k + ((long long)t * n_kv + h) * hd;
+    const float* w = is_q ? qw : kw;
+    __shared__ float sh[256];
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) sh[j] = x[j];
+    __syncthreads();
+    if (w) {
+        float ss = 0.0f;
+        for (int j = threadIdx.x; j < hd; j += blockDim.x) ss += sh[j] * sh[j];
+        ss = block_sum(ss) / (float)hd;
+        float inv = 1.0f / sqrtf(ss + eps);
+        for (int j = threadIdx.x; j < hd; j += blockDim.x) sh[j] = w[j] * (sh[j] * inv);
+        __syncthreads();
+    }
+    int pos = step[1] + t;
+    int half = dim / 2;
+    int n_pairs = (hd / dim) * half;
+    for (int idx = threadIdx.x; idx < n_pairs; idx += blockDim.x) {
+        int chunk = idx / half, i = idx % half;
+        float s, c;
+        sincosf(rope_angle(pos, i, dim, inv_freq, theta, linear, dyn_factor, dyn_orig), &s, &c);
+        int a = chunk * dim + (pairing == 0 ? i : 2 * i);
+        int b = chunk * dim + (pairing == 0 ? i + half : 2 * i + 1);
+        float x0 = sh[a], x1 = sh[b];
+        sh[a] = x0 * c - x1 * s;
+        sh[b] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) x[j] = sh[j];
+    if (!is_q && kc) {
+        long long kvd = (long long)n_kv * hd;
+        long long at = (long long)pos * kvd + (long long)h * hd;
+        const float* vh = v + (long long)t * kvd + (long long)h * hd;
+        for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+            kc[at + j] = sh[j];
+            vc[at + j] = vh[j];
+        }
+    }
+}
 
 // Rotates each `dim`-sized chunk of the `width` values at x + t·stride of each of the grid.y
 // tokens (token t at position step[1] + t), as blocks/rope.rs does: angle = (pos / linear) *
@@ -402,12 +657,15 @@ extern "C" __global__ void kv_append(const float* k, const float* v, float* kc, 
 // KV head g = h / group. Key j of head g is at kc + g·head_stride + j·row_stride; the number of
 // keys is lens[g], or step[1] + 1 + t when lens is NULL (plain causal attention of token t).
 // bias (DMA scores) is [g][bias_stride]. att: [n_heads][max_keys] scratch.
+// Token t = t0 + blockIdx.y. With q8, the output is also quantized to int8 blocks (hd a multiple
+// of 32) for the output projection.
 extern "C" __global__ void attention(const float* q, const float* kc, const float* vc,
                                      float* out, float* att, int group, int hd,
                                      long long head_stride, int row_stride, const int* lens,
                                      const float* bias, int bias_stride, int max_keys,
-                                     float scale, const int* step) {
-    int h = blockIdx.x, t = blockIdx.y, nh = gridDim.x;
+                                     float scale, const int* step, int t0, signed char* q8,
+                                     float* d8) {
+    int h = blockIdx.x, t = t0 + blockIdx.y, nh = gridDim.x;
     int g = h / group;
     int n = lens ? lens[g] : step[1] + 1 + t;
     const float* qh = q + ((long long)t * nh + h) * hd;
@@ -446,23 +704,35 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
         for (int j = sl; j < n; j += slices) acc += a[j] * vb[(long long)j * row_stride + i];
     if (sl < slices) part[sl * hd + i] = acc;
     __syncthreads();
+    __shared__ float res[256];
     if (threadIdx.x < hd) {
         float s = 0.0f;
         for (int k = 0; k < slices; k++) s += part[k * hd + threadIdx.x];
+        res[threadIdx.x] = s * inv;
         out[((long long)t * nh + h) * hd + threadIdx.x] = s * inv;
     }
+    if (!q8) return;
+    __syncthreads();
+    long long b0 = ((long long)t * nh + h) * hd / 32;
+    for (int b = w; b < hd / 32; b += nw) q8_block(res[b * 32 + lane], q8, d8, b0 + b, lane);
 }
 
 // DMA: offers token t's key and value of KV head g (= blockIdx.x) to the bounded cache with
 // score exp(A_g · softplus(dt_g + bias_g)); evicts the lowest score (ties: the oldest), and
 // drops a newcomer that scores below every entry (blocks/dma.rs, DmaCache::insert).
-extern "C" __global__ void dma_insert(const float* k, const float* v, const float* dt,
-                                      const float* dt_bias, const float* a, float* kc,
-                                      float* vc, float* score, int* pos, int* lens, int kw,
-                                      int hd, int n_kv, int t, const int* step) {
+// The score projection (row g of dt_w, of type dt_ty) is applied here to all KV heads' values
+// of token t.
+extern "C" __global__ void dma_insert(const float* k, const float* v, int dt_ty, const u8* dt_w,
+                                      long long dt_rb, const float* dt_bias, const float* a,
+                                      float* kc, float* vc, float* score, int* pos, int* lens,
+                                      int kw, int hd, int n_kv, int t, const int* step) {
     int g = blockIdx.x;
     int kvd = n_kv * hd;
-    float d = dt[t * n_kv + g] + (dt_bias ? dt_bias[g] : 0.0f);
+    const u8* wrow = dt_w + (long long)g * dt_rb;
+    float d = 0.0f;
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x)
+        d += dq(dt_ty, wrow, j) * v[(long long)t * kvd + j];
+    d = block_sum(d) + (dt_bias ? dt_bias[g] : 0.0f);
     float sc = expf(a[g] * softplus(d));
     __shared__ int slot;
     __shared__ float bs[1024];
@@ -567,8 +837,9 @@ extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, i
 }
 
 // y = RMSNorm_groups(y ⊙ silu(z)) in place; one block per (group, token) (grid.x, grid.y).
+// With q8, the result's int8 blocks too (group size a multiple of 32).
 extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, const float* w,
-                                     float eps, int d_inner) {
+                                     float eps, int d_inner, signed char* q8, float* d8) {
     int gs = d_inner / gridDim.x;
     int t = blockIdx.y;
     float* yg = y + (long long)t * d_inner + blockIdx.x * gs;
@@ -583,6 +854,11 @@ extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, c
     ss = block_sum(ss) / (float)gs;
     float inv = 1.0f / sqrtf(ss + eps);
     for (int j = threadIdx.x; j < gs; j += blockDim.x) yg[j] = wg[j] * (yg[j] * inv);
+    if (!q8) return;
+    __syncthreads();
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    long long b0 = ((long long)t * d_inner + blockIdx.x * gs) / 32;
+    for (int b = threadIdx.x >> 5; b < gs / 32; b += nw) q8_block(yg[b * 32 + lane], q8, d8, b0 + b, lane);
 }
 
 // ---- CDMoE --------------------------------------------------------------------------------------

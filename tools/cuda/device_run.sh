@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of the CUDA engine, as run on the lent H200 (no Rust toolchain
+# there): binaries built here with `--features cuda`, stripped, in .devbin/ (cheems, the
+# `tests/cuda.rs` test binary as cuda-tests, and models/cheems-default.gguf as
+# cheems-default.gguf). Logs and JSON go to $OUT.
+#
+#   bash tools/cuda/device_run.sh [tests] [bench] [hf]     (default: all three)
+set -u
+OUT=${OUT:-/tmp/cheems-out}
+mkdir -p "$OUT"
+BIN=.devbin
+what=${*:-tests bench hf}
+# NVRTC (libnvrtc.so.13) from CUDA 13: the toolkit's, or the pip wheels next to PyTorch.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import nvidia, os; [print(os.path.join(p, "cu13", "lib")) for p in nvidia.__path__]' 2>/dev/null) \
+         /usr/local/nvidia/lib64; do
+    [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+export LD_LIBRARY_PATH
+{
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+    ls -la $BIN
+} 2>&1 | tee "$OUT/env.txt"
+# The test binary finds the fixtures through the path it was built in.
+mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
+chmod +x $BIN/cheems $BIN/cuda-tests 2>/dev/null
+# ... and the CLI test runs the cheems binary built beside it.
+mkdir -p target/release && ln -sf "$PWD/$BIN/cheems" target/release/cheems
+
+if [[ $what == *tests* ]]; then
+    echo "== tests/cuda.rs on the GPU"
+    (cd /work/main && timeout 300 $BIN/cuda-tests --nocapture --test-threads 4) 2>&1 | tee "$OUT/tests.log" | grep -E "^test |bound|skipped|panicked|error|result" | head -120
+fi
+
+if [[ $what == *bench* ]]; then
+    echo "== cheems bench --device cuda (-p 512 -n 128 -r 3)"
+    : > "$OUT/bench.jsonl"
+    for shape in mamba2-130m llama-110m doge-60m cheems-120m; do
+        for ty in f16 q8_0 q4_0; do
+            f=/tmp/$shape-$ty.gguf
+            timeout 60 $BIN/cheems synth --shape $shape --type $ty -o $f >/dev/null 2>&1 || { echo "synth $shape $ty failed"; continue; }
+            timeout 90 $BIN/cheems bench $f --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
+                | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(f\"{'$shape':14} {'$ty':5} {d['size_bytes']/2**20:8.1f} MiB  pp512 {d['pp_tok_s']:9.1f} tok/s  tg128 {d['tg_tok_s']:9.1f} tok/s  {d['device']}\")" \
+                || echo "bench $shape $ty failed (see bench.err)"
+            rm -f $f
+        done
+    done
+    if [ -f $BIN/cheems-default.gguf ]; then
+        timeout 90 $BIN/cheems bench $BIN/cheems-default.gguf --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
+            | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(f\"cheems-default q8_0  {d['size_bytes']/2**20:8.1f} MiB  pp512 {d['pp_tok_s']:9.1f} tok/s  tg128 {d['tg_tok_s']:9.1f} tok/s\")" \
+            || echo "bench cheems-default failed"
+    fi
+    tail -5 "$OUT/bench.err" 2>/dev/null
+fi
+
+if [[ $what == *hf* ]]; then
+    echo "== transformers bf16 baseline"
+    PYTHONUNBUFFERED=1 timeout 240 python3 tools/cuda/hf_baseline.py --n 128 --reps 3 --json "$OUT/hf.json" 2>&1 | grep -v Warning | tail -12
+fi
