@@ -1373,7 +1373,7 @@ impl GpuSession {
                     for t in 0..n {
                         self.launch(
                             "ssd_step",
-                            (sc.n_heads, 1),
+                            (sc.n_heads, sc.head_dim.div_ceil(8)),
                             256,
                             &[
                                 s.xbc,

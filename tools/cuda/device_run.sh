@@ -30,7 +30,7 @@ mkdir -p target/release && ln -sf "$PWD/$BIN/cheems" target/release/cheems
 
 if [[ $what == *tests* ]]; then
     echo "== tests/cuda.rs on the GPU"
-    (cd /work/main && timeout 300 $BIN/cuda-tests --nocapture --test-threads 4) 2>&1 | tee "$OUT/tests.log" | grep -E "^test |bound|skipped|panicked|error|result" | head -120
+    (cd /work/main && timeout 240 $BIN/cuda-tests --nocapture --test-threads 4) 2>&1 | tee "$OUT/tests.log" | grep -E "^test |bound|skipped|panicked|error|result" | head -120
 fi
 
 if [[ $what == *bench* ]]; then
@@ -40,14 +40,14 @@ if [[ $what == *bench* ]]; then
         for ty in f16 q8_0 q4_0; do
             f=/tmp/$shape-$ty.gguf
             timeout 60 $BIN/cheems synth --shape $shape --type $ty -o $f >/dev/null 2>&1 || { echo "synth $shape $ty failed"; continue; }
-            timeout 90 $BIN/cheems bench $f --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
+            timeout 45 $BIN/cheems bench $f --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
                 | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(f\"{'$shape':14} {'$ty':5} {d['size_bytes']/2**20:8.1f} MiB  pp512 {d['pp_tok_s']:9.1f} tok/s  tg128 {d['tg_tok_s']:9.1f} tok/s  {d['device']}\")" \
                 || echo "bench $shape $ty failed (see bench.err)"
             rm -f $f
         done
     done
     if [ -f $BIN/cheems-default.gguf ]; then
-        timeout 90 $BIN/cheems bench $BIN/cheems-default.gguf --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
+        timeout 45 $BIN/cheems bench $BIN/cheems-default.gguf --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
             | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(f\"cheems-default q8_0  {d['size_bytes']/2**20:8.1f} MiB  pp512 {d['pp_tok_s']:9.1f} tok/s  tg128 {d['tg_tok_s']:9.1f} tok/s\")" \
             || echo "bench cheems-default failed"
     fi
@@ -56,5 +56,5 @@ fi
 
 if [[ $what == *hf* ]]; then
     echo "== transformers bf16 baseline"
-    PYTHONUNBUFFERED=1 timeout 240 python3 tools/cuda/hf_baseline.py --n 128 --reps 3 --json "$OUT/hf.json" 2>&1 | grep -v Warning | tail -12
+    PYTHONUNBUFFERED=1 timeout 180 python3 tools/cuda/hf_baseline.py --n 128 --reps 3 --json "$OUT/hf.json" 2>&1 | grep -v Warning | tail -12
 fi

@@ -115,6 +115,21 @@ def main():
     results = {"torch": torch.__version__, "transformers": transformers.__version__,
                "gpu": torch.cuda.get_device_name(0), "n": a.n, "models": {}}
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {results['gpu']}")
+    # The memory-bandwidth ceiling: a device-to-device copy, bytes read plus written.
+    src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    bw = 10 * 2 * src.numel() / (time.perf_counter() - t0)
+    results["copy_bytes_per_s"] = bw
+    print(f"device copy: {bw / 1e12:.2f} TB/s (read + write)")
+    del src, dst
+    torch.cuda.empty_cache()
     cases = [("llama-110m", llama_110m, "generate"), ("mamba2-130m", mamba2_130m, "generate"),
              ("doge-60m", doge_60m, "generate"),
              ("cheems-default", lambda: cheems_model("default"), "step"),

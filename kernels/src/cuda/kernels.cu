@@ -806,7 +806,7 @@ extern "C" __global__ void ssd_conv(const float* zx, int zx_stride, int x_off, f
     xbc[(long long)t * cd + ch] = silu(acc);
 }
 
-// One token's SSM step, one block per head: state = state·exp(Δ·A) + Δ·x·Bᵀ, y = state·C + D·x.
+// One token's SSM step, blocks (head, part of its rows): state = state·exp(Δ·A) + Δ·x·Bᵀ, y = state·C + D·x.
 // xbc: [x (d_inner) | B (groups·n) | C (groups·n)]; dt_raw at zx[t·zx_stride + dt_off + h].
 extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, int zx_stride,
                                     int dt_off, const float* dt_bias, const float* a,
@@ -820,8 +820,10 @@ extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, i
     const float* C = row + d_inner + n_groups * n + g * n;
     float dt = softplus(zx[(long long)t * zx_stride + dt_off + h] + dt_bias[h]);
     float da = expf(dt * a[h]);
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int i = w; i < p; i += nw) {
+    // grid.y splits the head's rows over several blocks.
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    int w = blockIdx.y * nw + (threadIdx.x >> 5);
+    for (int i = w; i < p; i += gridDim.y * nw) {
         float xi = x[i];
         float dtx = dt * xi;
         float* st = ssm + ((long long)h * p + i) * n;
