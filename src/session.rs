@@ -372,7 +372,7 @@ impl Session {
             }
         }
         if let Some(g) = &mut self.gpu {
-            g.upload(&snap.layers)?;
+            g.upload(&snap.layers, snap.pos)?;
         }
         self.pos = snap.pos;
         Ok(())
@@ -458,7 +458,7 @@ impl Session {
         }
         self.pos = held - drop;
         if let Some(g) = &mut self.gpu {
-            g.upload(&self.states)?;
+            g.upload(&self.states, self.pos)?;
         }
         Ok(drop)
     }

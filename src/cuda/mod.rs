@@ -62,8 +62,7 @@ const KERNELS: &[&str] = &[
     "qk_rope",
     "attention",
     "dma_insert",
-    "ssd_conv",
-    "ssd_step",
+    "ssd_fused",
     "gate_norm",
     "moe_route",
     "moe_alpha",
@@ -599,6 +598,9 @@ impl GpuWeights {
                 c.head_dim
             );
         }
+        if c.ssd.is_some_and(|s| s.d_state > 256) {
+            bail!("SSD d_state above 256 is not supported on CUDA");
+        }
         if c.n_experts > 0 && (c.n_keys() > 64 || c.n_experts_used > 64) {
             bail!("CDMoE with more than 64x64 experts or 64 used is not supported on CUDA");
         }
@@ -728,7 +730,8 @@ enum GState {
         pos: DPtr,
         len: DPtr,
     },
-    /// `[conv_dim][d_conv-1]` conv inputs and `[n_heads][head_dim][d_state]` SSM state.
+    /// `[2][conv_dim][d_conv-1]` conv inputs (double-buffered: position `pos` reads buffer
+    /// `pos & 1`, see the `ssd_fused` kernel) and the `[n_heads][head_dim][d_state]` SSM state.
     Ssd { conv: DPtr, ssm: DPtr },
 }
 
@@ -750,7 +753,6 @@ struct GScratch {
     act_q: DPtr,
     act_d: DPtr,
     zx: DPtr,
-    xbc: DPtr,
     y: DPtr,
     router: DPtr,
     idx: DPtr,
@@ -836,7 +838,7 @@ impl GpuSession {
                         }
                     }
                     Mixer::Ssd(s) => GState::Ssd {
-                        conv: pool.zeros(g, s.cfg.conv_dim() * (s.cfg.d_conv - 1) * f4)?,
+                        conv: pool.zeros(g, 2 * s.cfg.conv_dim() * (s.cfg.d_conv - 1) * f4)?,
                         ssm: pool.zeros(g, s.cfg.n_heads * s.cfg.head_dim * s.cfg.d_state * f4)?,
                     },
                 })
@@ -857,7 +859,6 @@ impl GpuSession {
             act_q: pool.zeros(g, b * widest.div_ceil(32) * 32)?,
             act_d: pool.zeros(g, b * widest.div_ceil(32) * f4)?,
             zx: pool.zeros(g, b * ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
-            xbc: pool.zeros(g, b * ssd.map_or(0, |s| s.conv_dim()) * f4)?,
             y: pool.zeros(g, b * ssd.map_or(0, |s| s.d_inner) * f4)?,
             router: pool.zeros(g, b * 2 * nk * f4)?,
             idx: pool.zeros(g, b * c.n_experts_used * f4)?,
@@ -905,7 +906,7 @@ impl GpuSession {
                         .config
                         .ssd
                         .ok_or_else(|| anyhow!("SSD config missing"))?;
-                    self.memset(conv, s.conv_dim() * (s.d_conv - 1) * 4)?;
+                    self.memset(conv, 2 * s.conv_dim() * (s.d_conv - 1) * 4)?;
                     self.memset(ssm, s.n_heads * s.head_dim * s.d_state * 4)?;
                 }
             }
@@ -1327,60 +1328,21 @@ impl GpuSession {
                     GState::Ssd { conv, ssm },
                 ) => {
                     let sc = c.ssd.ok_or_else(|| anyhow!("SSD config missing"))?;
-                    let (di, cd, rows) = (sc.d_inner, sc.conv_dim(), sc.in_proj_rows());
+                    let (di, rows) = (sc.d_inner, sc.in_proj_rows());
                     self.add_norm(pending, layer.attn_norm, s.xb, n, in_proj.quantized())?;
                     self.products(s.xb, n, &[(in_proj, s.zx, *in_bias)], false)?;
                     for t in 0..n {
                         self.launch(
-                            "ssd_conv",
-                            (cd.div_ceil(256), 1),
-                            256,
-                            &[
-                                s.zx,
-                                i(rows),
-                                i(di),
-                                *conv,
-                                *conv_w,
-                                *conv_b,
-                                s.xbc,
-                                i(cd),
-                                i(sc.d_conv),
-                                i(t),
-                            ],
-                        )?;
-                    }
-                    if *rope_inv_freq != 0 {
-                        let width = 2 * sc.n_groups * sc.d_state;
-                        self.launch(
-                            "rope",
-                            ((width / 2).div_ceil(128), n),
-                            128,
-                            &[
-                                s.xbc + (di * 4) as u64,
-                                cd as u64,
-                                i(width),
-                                i(sc.d_state),
-                                i(0),
-                                s.step,
-                                *rope_inv_freq,
-                                f(1.0),
-                                f(1.0),
-                                f(0.0),
-                                i(0),
-                            ],
-                        )?;
-                    }
-                    for t in 0..n {
-                        self.launch(
-                            "ssd_step",
+                            "ssd_fused",
                             (sc.n_heads, sc.head_dim.div_ceil(8)),
                             256,
                             &[
-                                s.xbc,
-                                i(cd),
                                 s.zx,
                                 i(rows),
-                                i(di + cd),
+                                *conv,
+                                *conv_w,
+                                *conv_b,
+                                *rope_inv_freq,
                                 *dt_bias,
                                 *a,
                                 *dskip,
@@ -1390,7 +1352,9 @@ impl GpuSession {
                                 i(sc.d_state),
                                 i(sc.n_groups),
                                 i(di),
+                                i(sc.d_conv),
                                 i(t),
+                                s.step,
                             ],
                         )?;
                     }
@@ -1540,7 +1504,8 @@ impl GpuSession {
                 }
                 (GState::Ssd { conv, ssm }, Mixer::Ssd(s)) => {
                     let mut ss = SsdState::new(&s.cfg);
-                    self.dtoh(&mut ss.conv, *conv)?;
+                    let half = (ss.conv.len() * 4 * (pos & 1)) as u64;
+                    self.dtoh(&mut ss.conv, *conv + half)?;
                     self.dtoh(&mut ss.ssm, *ssm)?;
                     State::Ssd(ss)
                 }
@@ -1550,8 +1515,9 @@ impl GpuSession {
         Ok(out)
     }
 
-    /// Loads the device state from the host's (checked to fit by the caller).
-    pub fn upload(&mut self, states: &[State]) -> Result<()> {
+    /// Loads the device state from the host's (checked to fit by the caller) for a sequence at
+    /// position `pos`.
+    pub fn upload(&mut self, states: &[State], pos: usize) -> Result<()> {
         self.w.gpu.ctx.bind_to_thread()?;
         for (st, from) in self.states.iter().zip(states) {
             match (st, from) {
@@ -1587,7 +1553,8 @@ impl GpuSession {
                     self.stream.synchronize()?;
                 }
                 (GState::Ssd { conv, ssm }, State::Ssd(ss)) => {
-                    self.htod(*conv, &ss.conv)?;
+                    let half = (ss.conv.len() * 4 * (pos & 1)) as u64;
+                    self.htod(*conv + half, &ss.conv)?;
                     self.htod(*ssm, &ss.ssm)?;
                 }
                 _ => bail!("a layer's state does not match its mixer"),

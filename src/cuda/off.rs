@@ -49,7 +49,7 @@ impl GpuSession {
         match *self {}
     }
 
-    pub fn upload(&mut self, _states: &[State]) -> Result<()> {
+    pub fn upload(&mut self, _states: &[State], _pos: usize) -> Result<()> {
         match *self {}
     }
 }

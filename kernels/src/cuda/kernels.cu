@@ -838,6 +838,93 @@ extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, i
     }
 }
 
+// The whole SSD step of token t (at position step[1] + t) in one launch, blocks (head h, part
+// of its rows): the causal conv and SiLU of the head's x channels and of its group's B and C
+// (recomputed by each head of the group), RoPE on B and C (inv_freq non-NULL), Δ, and the state
+// update of its rows, y = state·C + D·x. The conv state is double-buffered by position parity
+// ([2][conv_dim][d_conv-1]): every block reads buffer pos & 1 and the owner of a channel writes
+// its next history to the other buffer, so heads sharing B and C never race.
+extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv,
+                                     const float* cw, const float* cb, const float* inv_freq,
+                                     const float* dt_bias, const float* a, const float* dskip,
+                                     float* ssm, float* y, int p, int n, int n_groups,
+                                     int d_inner, int dconv, int t, const int* step) {
+    int h = blockIdx.x, nh = gridDim.x;
+    int hpg = nh / n_groups;
+    int g = h / hpg;
+    int cd = d_inner + 2 * n_groups * n;
+    int pos = step[1] + t;
+    int w1 = dconv - 1;
+    const float* hold = conv + (long long)(pos & 1) * cd * w1;
+    float* hnew = conv + (long long)((pos + 1) & 1) * cd * w1;
+    const float* in = zx + (long long)t * zx_stride + d_inner;  // xBC before the conv
+    __shared__ float bc[512];
+    __shared__ float xs[256];
+    int per = (p + gridDim.y - 1) / gridDim.y;
+    int r0 = blockIdx.y * per, r1 = min(p, r0 + per);
+    bool writer_bc = (h % hpg == 0) && blockIdx.y == 0;
+    // B then C of group g: 2n channels.
+    for (int k = threadIdx.x; k < 2 * n; k += blockDim.x) {
+        int ch = d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n));
+        const float* hist = hold + (long long)ch * w1;
+        const float* taps = cw + (long long)ch * dconv;
+        float acc = cb ? cb[ch] : 0.0f;
+        for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
+        float cur = in[ch - d_inner];
+        acc += taps[w1] * cur;
+        bc[k] = silu(acc);
+        if (writer_bc) {
+            float* nh_ = hnew + (long long)ch * w1;
+            for (int j = 0; j + 1 < w1; j++) nh_[j] = hist[j + 1];
+            if (w1 > 0) nh_[w1 - 1] = cur;
+        }
+    }
+    // The head's x channels of rows r0..r1.
+    for (int i = r0 + threadIdx.x; i < r1; i += blockDim.x) {
+        int ch = h * p + i;
+        const float* hist = hold + (long long)ch * w1;
+        const float* taps = cw + (long long)ch * dconv;
+        float acc = cb ? cb[ch] : 0.0f;
+        for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
+        float cur = in[ch];
+        acc += taps[w1] * cur;
+        xs[i - r0] = silu(acc);
+        float* nh_ = hnew + (long long)ch * w1;
+        for (int j = 0; j + 1 < w1; j++) nh_[j] = hist[j + 1];
+        if (w1 > 0) nh_[w1 - 1] = cur;
+    }
+    __syncthreads();
+    if (inv_freq) {
+        int half = n / 2;
+        for (int k = threadIdx.x; k < 2 * half; k += blockDim.x) {
+            int v = k / half, i = k % half;
+            float s, c;
+            sincosf((float)pos * inv_freq[i], &s, &c);
+            float* vec = bc + v * n;
+            float x0 = vec[i], x1 = vec[i + half];
+            vec[i] = x0 * c - x1 * s;
+            vec[i + half] = x0 * s + x1 * c;
+        }
+        __syncthreads();
+    }
+    float dt = softplus(zx[(long long)t * zx_stride + d_inner + cd + h] + dt_bias[h]);
+    float da = expf(dt * a[h]);
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int i = r0 + (threadIdx.x >> 5); i < r1; i += nw) {
+        float xi = xs[i - r0];
+        float dtx = dt * xi;
+        float* st = ssm + ((long long)h * p + i) * n;
+        float acc = 0.0f;
+        for (int k = lane; k < n; k += 32) {
+            float sv = st[k] * da + dtx * bc[k];
+            st[k] = sv;
+            acc += sv * bc[n + k];
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) y[(long long)t * d_inner + h * p + i] = acc + dskip[h] * xi;
+    }
+}
+
 // y = RMSNorm_groups(y ⊙ silu(z)) in place; one block per (group, token) (grid.x, grid.y).
 // With q8, the result's int8 blocks too (group size a multiple of 32).
 extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, const float* w,
