@@ -870,7 +870,7 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
         const float* taps = cw + (long long)ch * dconv;
         float acc = cb ? cb[ch] : 0.0f;
         for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
-        float cur = in[ch - d_inner];
+        float cur = in[ch];
         acc += taps[w1] * cur;
         bc[k] = silu(acc);
         if (writer_bc) {
