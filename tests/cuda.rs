@@ -183,10 +183,10 @@ mod gpu {
             (Q4_1, 1e-4, 2e-2),
             (Q5_0, 1e-4, 2e-2),
             (Q5_1, 1e-4, 2e-2),
-            // Converted to F16 on upload, multiplied by f32 activations; the CPU uses Q8_K.
-            (Q4_K, 2e-2, 2e-2),
-            (Q5_K, 2e-2, 2e-2),
-            (Q6_K, 2e-2, 2e-2),
+            // Requantized to Q8_0 on upload; the CPU uses Q8_K activations.
+            (Q4_K, 3e-2, 3e-2),
+            (Q5_K, 3e-2, 3e-2),
+            (Q6_K, 3e-2, 3e-2),
         ];
         let pool = Pool::new(2).unwrap();
         let mut rng = Rng(11);
@@ -516,7 +516,7 @@ mod gpu {
             (Q4_1, 1e-3),
             (Q5_0, 1e-3),
             (Q5_1, 1e-3),
-            // dequantized to F16 on the GPU, Q8_K activations on the CPU
+            // requantized to Q8_0 on the GPU, Q8_K activations on the CPU
             (Q4_K, 3e-2),
             (Q6_K, 3e-2),
         ];

@@ -15,7 +15,7 @@
 //!
 //! Weight types: F32, F16, BF16 (f32 activations), Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (int8 dot
 //! products against activations quantized to int8 blocks of 32, as llama.cpp's MMVQ). K-quants
-//! (Q4_K, Q5_K, Q6_K) are dequantized to F16 when uploaded.
+//! (Q4_K, Q5_K, Q6_K) are requantized to Q8_0 when uploaded.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -283,7 +283,8 @@ impl GMat {
     }
 }
 
-/// Uploads a matrix in its stored type, or as F16 for the types the kernels do not read.
+/// Uploads a matrix in its stored type, or as Q8_0 (F16 for rows that are not whole blocks) for
+/// the types the kernels do not read.
 fn upload_mat(pool: &mut Pool, gpu: &Gpu, m: &Mat, map: &[u8]) -> Result<GMat> {
     upload_matref(pool, gpu, &m.get(map))
 }
@@ -299,22 +300,32 @@ fn upload_matref(pool: &mut Pool, gpu: &Gpu, r: &MatRef<'_>) -> Result<GMat> {
             row_bytes: r.row_bytes(),
         });
     }
+    // Other types (the k-quants) are requantized to Q8_0 (8.5 bits per weight) when their rows
+    // are whole blocks of 32, else converted to F16.
+    let to = if r.cols.is_multiple_of(32) { Q8_0 } else { F16 };
+    let row_bytes = to
+        .row_bytes(r.cols)
+        .ok_or_else(|| anyhow!("rows of {} values as {to}", r.cols))?;
     let mut row = vec![0f32; r.cols];
-    let mut out = Vec::with_capacity(r.rows * r.cols * 2);
-    for i in 0..r.rows {
+    let mut out = vec![0u8; r.rows * row_bytes];
+    for (i, o) in out.chunks_exact_mut(row_bytes).enumerate() {
         cheems_formats::blocks::dequantize_row(r.ty, r.row(i), &mut row)
             .map_err(|e| anyhow!("dequantizing a {} matrix for the GPU: {e}", r.ty))?;
-        out.extend(
-            row.iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()),
-        );
+        if to == Q8_0 {
+            cheems_formats::blocks::quantize_row(Q8_0, &row, o)
+                .map_err(|e| anyhow!("requantizing a {} matrix for the GPU: {e}", r.ty))?;
+        } else {
+            for (d, x) in o.chunks_exact_mut(2).zip(&row) {
+                d.copy_from_slice(&half::f16::from_f32(*x).to_bits().to_le_bytes());
+            }
+        }
     }
     Ok(GMat {
-        ty: F16,
+        ty: to,
         rows: r.rows,
         cols: r.cols,
         ptr: pool.upload(gpu, &out)?,
-        row_bytes: r.cols * 2,
+        row_bytes,
     })
 }
 
