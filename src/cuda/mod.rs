@@ -355,7 +355,8 @@ const COLS: usize = 8;
 /// `y_m[t] = W_m x[t] (+ bias_m)` for up to three matrices of one type and width (`ws`: matrix,
 /// output, bias) and `n` activation rows `x` (`[n][cols]`). Quantized matrices read the int8
 /// blocks in `act` (`[q | d]`), which are made from `x` first when `quantize` is set (else they
-/// must hold `x` already). The weights are read once per 8 rows.
+/// must hold `x` already; `d` holds two floats per block, see the kernels). The weights are read
+/// once per 8 rows.
 #[allow(clippy::too_many_arguments)]
 fn launch_products(
     gpu: &Gpu,
@@ -389,7 +390,14 @@ fn launch_products(
             .map_or((0, 0, 0, 0), |(w, y, b)| (w.ptr, *y, *b, w.rows))
     };
     let (m0, m1, m2) = (m(0), m(1), m(2));
-    let grid = ((m0.3 + m1.3 + m2.3).div_ceil(4), 1);
+    // Warps per row: 4 for short products (more parallel loads per row), 1 for tall ones.
+    let rows = m0.3 + m1.3 + m2.3;
+    let wpr = match rows {
+        r if r >= 4096 => 1,
+        r if r >= 1024 => 2,
+        _ => 4,
+    };
+    let grid = (rows.div_ceil(4 / wpr), 1);
     let rb = w0.row_bytes as u64;
     let nb = cols / 32;
     if w0.quantized() && quantize {
@@ -414,7 +422,7 @@ fn launch_products(
         let (y0, y1, y2) = (y(m0.1, m0.3), y(m1.1, m1.3), y(m2.1, m2.3));
         if w0.quantized() {
             let q = act.0 + (c0 * cols) as u64;
-            let d = act.1 + (c0 * nb * 4) as u64;
+            let d = act.1 + (c0 * nb * 8) as u64;
             let a = [
                 m0.0,
                 m1.0,
@@ -433,6 +441,7 @@ fn launch_products(
                 m1.2,
                 m2.2,
                 i(nc),
+                i(wpr),
             ];
             gpu.launch(stream, name, grid, 128, &a)?;
         } else {
@@ -454,6 +463,7 @@ fn launch_products(
                 m1.2,
                 m2.2,
                 i(nc),
+                i(wpr),
             ];
             gpu.launch(stream, name, grid, 128, &a)?;
         }
@@ -868,7 +878,7 @@ impl GpuSession {
             att_out: pool.zeros(g, b * qd * f4)?,
             att: pool.zeros(g, b * c.n_heads * max_keys * f4)?,
             act_q: pool.zeros(g, b * widest.div_ceil(32) * 32)?,
-            act_d: pool.zeros(g, b * widest.div_ceil(32) * f4)?,
+            act_d: pool.zeros(g, b * widest.div_ceil(32) * 2 * f4)?,
             zx: pool.zeros(g, b * ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
             y: pool.zeros(g, b * ssd.map_or(0, |s| s.d_inner) * f4)?,
             router: pool.zeros(g, b * 2 * nk * f4)?,
@@ -1461,7 +1471,7 @@ impl GpuSession {
             let off = n - 1;
             let act = (
                 s.act_q + (off * d) as u64,
-                s.act_d + (off * (d / 32) * 4) as u64,
+                s.act_d + (off * (d / 32) * 8) as u64,
             );
             let x = s.xb + (off * d * 4) as u64;
             launch_products(

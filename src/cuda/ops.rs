@@ -67,7 +67,7 @@ impl Ops {
         let xp = self.pool_upload(&mut pool, x)?;
         let y = pool.zeros(&self.gpu, n * w.rows * 4)?;
         let q = pool.zeros(&self.gpu, x.len().div_ceil(32) * 32)?;
-        let d = pool.zeros(&self.gpu, x.len().div_ceil(32) * 4)?;
+        let d = pool.zeros(&self.gpu, x.len().div_ceil(32) * 8)?;
         self.gpu.stream.synchronize()?;
         launch_products(&self.gpu, &self.stream, &[(&gm, y, 0)], xp, n, (q, d), true)?;
         self.down(y, n * w.rows)

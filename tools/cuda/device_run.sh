@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks of the CUDA engine, as run on the lent H200 (no Rust toolchain
 # there): binaries built here with `--features cuda`, stripped, in .devbin/ (cheems, the
-# `tests/cuda.rs` test binary as cuda-tests, and models/cheems-default.gguf as
-# cheems-default.gguf). Logs and JSON go to $OUT.
+# `tests/cuda.rs` test binary as cuda-tests; the default model is read from models/, else from
+# .devbin/cheems-default.gguf). Logs and JSON go to $OUT.
 #
 #   bash tools/cuda/device_run.sh [tests] [bench] [hf]     (default: all three)
 set -u
@@ -46,12 +46,23 @@ if [[ $what == *bench* ]]; then
             rm -f $f
         done
     done
-    if [ -f $BIN/cheems-default.gguf ]; then
-        timeout 45 $BIN/cheems bench $BIN/cheems-default.gguf --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
+    def=models/cheems-default.gguf
+    [ -f $def ] || def=$BIN/cheems-default.gguf
+    if [ -f $def ]; then
+        timeout 45 $BIN/cheems bench $def --device cuda -p 512 -n 128 -r 3 --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" \
             | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(f\"cheems-default q8_0  {d['size_bytes']/2**20:8.1f} MiB  pp512 {d['pp_tok_s']:9.1f} tok/s  tg128 {d['tg_tok_s']:9.1f} tok/s\")" \
             || echo "bench cheems-default failed"
     fi
     tail -5 "$OUT/bench.err" 2>/dev/null
+fi
+
+if [[ $what == *graph* ]]; then
+    echo "== decode with and without the CUDA graph (llama-110m q4_0, tg128)"
+    $BIN/cheems synth --shape llama-110m --type q4_0 -o /tmp/g.gguf >/dev/null 2>&1
+    for g in 1 0; do
+        echo "CHEEMS_CUDA_GRAPH=$g"
+        CHEEMS_CUDA_GRAPH=$g timeout 45 $BIN/cheems bench /tmp/g.gguf --device cuda -p 0 -n 128 -r 3 2>&1 | tail -1
+    done
 fi
 
 if [[ $what == *hf* ]]; then

@@ -1,11 +1,12 @@
-// cheems CUDA kernels, compiled at run time with NVRTC (src/cuda/mod.rs). One launch per step of
-// the forward pass; every kernel that depends on the position reads it from `step`
-// (step[0] = token, step[1] = position), so one decode step is a fixed sequence of launches that
-// a CUDA graph can replay. Weight types use ggml's ids and block layouts (formats/src/blocks.rs):
-// F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, BF16 30 (k-quants are converted to F16
-// when the weights are uploaded). Quantized products follow llama.cpp's MMVQ: the activation is
-// quantized to int8 blocks of 32 with one f32 scale, and each weight block is an int8 dot
-// product (dp4a).
+// cheems CUDA kernels, compiled at run time with NVRTC (src/cuda/mod.rs). Kernels that depend on
+// the position read it from `step` (step[2t] = token t, step[1] = position of token 0), so one
+// decode step is a fixed sequence of launches that a CUDA graph can replay. Weight types use
+// ggml's ids and block layouts (formats/src/blocks): F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7,
+// Q8_0 8, BF16 30 (k-quants are requantized to Q8_0 when the weights are uploaded). Quantized
+// products follow llama.cpp's MMVQ: the activation is quantized to int8 blocks of 32 and each
+// weight block is an int8 dot product (dp4a). Activation blocks are int8 quants q[32·b..] and a
+// float pair per block, ds[2b] = d and ds[2b+1] = s = d·Σq, each rounded to f16 as ggml's
+// q8_0/q8_1 blocks hold them, so the products equal the CPU's up to summation order.
 
 #define T_F32 0
 #define T_F16 1
@@ -29,6 +30,13 @@ __device__ __forceinline__ float h2f(u16 h) {
 }
 
 __device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+// x rounded to the nearest f16.
+__device__ __forceinline__ float round_f16(float x) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h2f(h);
+}
 
 __device__ __forceinline__ u16 ld16(const u8* p) { return *(const u16*)p; }
 
@@ -149,14 +157,19 @@ extern "C" __global__ void rmsnorm(const float* x, const float* w, float eps, fl
     for (int j = threadIdx.x; j < n; j += blockDim.x) o[j] = w[j] * (xr[j] * inv);
 }
 
-// Quantizes one block of 32 values (one per lane of a warp) to int8 with one scale, as
-// quantize_q8 does; block b of q/d.
-__device__ __forceinline__ void q8_block(float v, signed char* q, float* d, long long b, int lane) {
+// Quantizes one block of 32 values (one per lane of a warp) as ggml's quantize_row_q8_1_ref:
+// d = max|x| / 127, q = round(x / d), and ds[2b], ds[2b+1] = f16(d), f16(d·Σq).
+__device__ __forceinline__ void q8_block(float v, signed char* q, float* ds, long long b, int lane) {
     float amax = warp_max(fabsf(v));
-    float s = amax / 127.0f;
-    float id = s != 0.0f ? 1.0f / s : 0.0f;
-    q[b * 32 + lane] = (signed char)roundf(v * id);
-    if (lane == 0) d[b] = s;
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float qv = roundf(v * id);
+    q[b * 32 + lane] = (signed char)qv;
+    float sum = warp_sum(qv);
+    if (lane == 0) {
+        ds[2 * b] = round_f16(d);
+        ds[2 * b + 1] = round_f16(sum * d);
+    }
 }
 
 // Row r = blockIdx.x: with a branch, first x[r] = scale ⊙ x[r] + branch[r] (scale NULL: x +=
@@ -221,22 +234,19 @@ extern "C" __global__ void add_bias(float* y, const float* b, int n, int d) {
 
 // Activations to int8 blocks of 32: q = round(x / d), d = max|x| / 127 (ggml's q8_0/q8_1
 // quants). One warp per block.
-extern "C" __global__ void quantize_q8(const float* x, signed char* q, float* d, int n) {
+extern "C" __global__ void quantize_q8(const float* x, signed char* q, float* ds, int n) {
     int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (b * 32 >= n) return;
-    float v = x[b * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float s = amax / 127.0f;
-    float id = s != 0.0f ? 1.0f / s : 0.0f;
-    q[b * 32 + lane] = (signed char)roundf(v * id);
-    if (lane == 0) d[b] = s;
+    q8_block(x[b * 32 + lane], q, ds, b, lane);
 }
 
-// One quarter (8 values) of block b of a quantized row against the activation's block: the
-// weight block's contribution, in units of the activation scale.
+// One quarter (8 values, sub = 0..3) of block b of a quantized row against the activation's
+// block (quants aq, f16-rounded scale da and da·Σq sa): its share of the dot product. The
+// offset terms of Q4_1/Q5_1 (m·sa) are counted once per block, by sub 0.
 template <int T>
-__device__ __forceinline__ float vdot(const u8* row, int b, int sub, const int* aq) {
+__device__ __forceinline__ float vdot(const u8* row, int b, int sub, const int* aq, float da,
+                                      float sa) {
     int a0, a1, w0, w1;
     if (T == T_Q8_0) {
         const u8* blk = row + b * 34;
@@ -244,18 +254,18 @@ __device__ __forceinline__ float vdot(const u8* row, int b, int sub, const int* 
         a1 = aq[2 * sub + 1];
         w0 = (int)ld32_2(blk + 2 + 8 * sub);
         w1 = (int)ld32_2(blk + 6 + 8 * sub);
-        return h2f(ld16(blk)) * (float)__dp4a(w0, a0, __dp4a(w1, a1, 0));
+        return h2f(ld16(blk)) * da * (float)__dp4a(w0, a0, __dp4a(w1, a1, 0));
     }
     a0 = aq[sub];
     a1 = aq[4 + sub];
-    int sumq = __dp4a(0x01010101, a0, __dp4a(0x01010101, a1, 0));
     if (T == T_Q4_0) {
         const u8* blk = row + b * 18;
         u32 v = ld32_2(blk + 2 + 4 * sub);
         w0 = (int)(v & 0x0F0F0F0Fu);
         w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
+        int sumq = __dp4a(0x01010101, a0, __dp4a(0x01010101, a1, 0));
         int s = __dp4a(w0, a0, __dp4a(w1, a1, 0));
-        return h2f(ld16(blk)) * (float)(s - 8 * sumq);
+        return h2f(ld16(blk)) * da * (float)(s - 8 * sumq);
     }
     if (T == T_Q4_1) {
         const u8* blk = row + b * 20;
@@ -263,7 +273,7 @@ __device__ __forceinline__ float vdot(const u8* row, int b, int sub, const int* 
         w0 = (int)(v & 0x0F0F0F0Fu);
         w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
         int s = __dp4a(w0, a0, __dp4a(w1, a1, 0));
-        return h2f(ld16(blk)) * (float)s + h2f(ld16(blk + 2)) * (float)sumq;
+        return h2f(ld16(blk)) * da * (float)s + (sub == 0 ? h2f(ld16(blk + 2)) * sa : 0.0f);
     }
     // Q5_0 / Q5_1: the fifth bit of value i is bit i of qh.
     const u8* blk = row + b * (T == T_Q5_0 ? 22 : 24);
@@ -275,32 +285,11 @@ __device__ __forceinline__ float vdot(const u8* row, int b, int sub, const int* 
     w0 = (int)((v & 0x0F0F0F0Fu) | hl);
     w1 = (int)(((v >> 4) & 0x0F0F0F0Fu) | hh);
     int s = __dp4a(w0, a0, __dp4a(w1, a1, 0));
-    if (T == T_Q5_0) return h2f(ld16(blk)) * (float)(s - 16 * sumq);
-    return h2f(ld16(blk)) * (float)s + h2f(ld16(blk + 2)) * (float)sumq;
-}
-
-// y[t][r] = W[r] · x[t] (+ bias[r]) for a quantized W and ncols activation rows (int8 blocks q,
-// scales d, of nb blocks each). One warp per weight row; each row is read once for all ncols.
-template <int T, int NC>
-__device__ void mmvq(const u8* w, long long row_bytes, const signed char* q, const float* d,
-                     float* y, int rows, int nb, const float* bias) {
-    int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    const u8* row = w + (long long)r * row_bytes;
-    float acc[NC];
-    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
-    for (int it = lane; it < nb * 4; it += 32) {
-        int b = it >> 2, sub = it & 3;
-        for (int c = 0; c < NC; c++) {
-            const int* aq = (const int*)(q + ((long long)c * nb + b) * 32);
-            acc[c] += d[c * nb + b] * vdot<T>(row, b, sub, aq);
-        }
+    if (T == T_Q5_0) {
+        int sumq = __dp4a(0x01010101, a0, __dp4a(0x01010101, a1, 0));
+        return h2f(ld16(blk)) * da * (float)(s - 16 * sumq);
     }
-    for (int c = 0; c < NC; c++) {
-        float s = warp_sum(acc[c]);
-        if (lane == 0) y[(long long)c * rows + r] = s + (bias ? bias[r] : 0.0f);
-    }
+    return h2f(ld16(blk)) * da * (float)s + (sub == 0 ? h2f(ld16(blk + 2)) * sa : 0.0f);
 }
 
 // Up to three matrices of one type and width multiplied by the same activations in one launch
@@ -313,6 +302,24 @@ struct Three {
     int r[3];
 };
 
+// Sums the wpr warps' partial sums of a row and writes y (+ bias).
+template <int NC>
+__device__ __forceinline__ void finish_row(const Three& m, float* acc, int nc, bool ok, int k,
+                                           int r, int warp, int lane, int wpr) {
+    __shared__ float red[4][NC];
+    for (int c = 0; c < NC; c++) {
+        float s = warp_sum(acc[c]);
+        if (lane == 0 && warp < 4) red[warp][c] = s;
+    }
+    __syncthreads();
+    if (!ok || lane != 0 || warp % wpr != 0) return;
+    for (int c = 0; c < nc && c < NC; c++) {
+        float s = 0.0f;
+        for (int p = 0; p < wpr; p++) s += red[warp + p][c];
+        m.y[k][(long long)c * m.r[k] + r] = s + (m.b[k] ? m.b[k][r] : 0.0f);
+    }
+}
+
 __device__ __forceinline__ bool pick(const Three& m, int R, int* k, int* r) {
     if (R < m.r[0]) { *k = 0; *r = R; return true; }
     R -= m.r[0];
@@ -322,56 +329,46 @@ __device__ __forceinline__ bool pick(const Three& m, int R, int* k, int* r) {
     return false;
 }
 
+// wpr warps share a row (1, 2 or 4 of the block's 4 warps): short matrices get more parallel
+// loads per row, and so less latency.
 template <int T, int NC>
-__device__ void mmvq3(const Three& m, long long row_bytes, const signed char* q, const float* d,
-                      int nb, int nc) {
-    int R = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    int k, r;
-    if (!pick(m, R, &k, &r)) return;
+__device__ void mmvq3(const Three& m, long long row_bytes, const signed char* q, const float* ds,
+                      int nb, int nc, int wpr) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int R = blockIdx.x * ((blockDim.x >> 5) / wpr) + warp / wpr;
+    int part = warp % wpr;
+    int k = 0, r = 0;
+    bool ok = pick(m, R, &k, &r);
     const u8* row = m.w[k] + (long long)r * row_bytes;
     float acc[NC];
     for (int c = 0; c < NC; c++) acc[c] = 0.0f;
-    for (int it = lane; it < nb * 4; it += 32) {
+    for (int it = part * 32 + lane; ok && it < nb * 4; it += 32 * wpr) {
         int b = it >> 2, sub = it & 3;
         if (NC == 1) {
-            acc[0] += d[b] * vdot<T>(row, b, sub, (const int*)(q + (long long)b * 32));
+            acc[0] += vdot<T>(row, b, sub, (const int*)(q + (long long)b * 32), ds[2 * b],
+                              ds[2 * b + 1]);
         } else {
             for (int c = 0; c < NC; c++) {
                 if (c < nc) {
-                    const int* aq = (const int*)(q + ((long long)c * nb + b) * 32);
-                    acc[c] += d[c * nb + b] * vdot<T>(row, b, sub, aq);
+                    long long cb = (long long)c * nb + b;
+                    const int* aq = (const int*)(q + cb * 32);
+                    acc[c] += vdot<T>(row, b, sub, aq, ds[2 * cb], ds[2 * cb + 1]);
                 }
             }
         }
     }
-    for (int c = 0; c < NC; c++) {
-        if (c >= nc) break;
-        float s = warp_sum(acc[c]);
-        if (lane == 0) m.y[k][(long long)c * m.r[k] + r] = s + (m.b[k] ? m.b[k][r] : 0.0f);
-    }
+    finish_row<NC>(m, acc, nc, ok, k, r, warp, lane, wpr);
 }
 
-#define MMVQ(name, T)                                                                          \
-    extern "C" __global__ void name##_1(const u8* w, long long rb, const signed char* q,       \
-                                        const float* d, float* y, int rows, int nb,            \
-                                        const float* bias) {                                   \
-        mmvq<T, 1>(w, rb, q, d, y, rows, nb, bias);                                            \
-    }                                                                                          \
-    extern "C" __global__ void name##_8(const u8* w, long long rb, const signed char* q,       \
-                                        const float* d, float* y, int rows, int nb,            \
-                                        const float* bias) {                                   \
-        mmvq<T, 8>(w, rb, q, d, y, rows, nb, bias);                                            \
-    }
 #define MMVQ3(name, T)                                                                         \
     extern "C" __global__ void name(const u8* w0, const u8* w1, const u8* w2, long long rb,    \
                                     const signed char* q, const float* d, float* y0,           \
                                     float* y1, float* y2, int r0, int r1, int r2, int nb,      \
-                                    const float* b0, const float* b1, const float* b2, int nc) \
-    {                                                                                          \
+                                    const float* b0, const float* b1, const float* b2, int nc, \
+                                    int wpr) {                                                 \
         Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
-        if (nc == 1) mmvq3<T, 1>(m, rb, q, d, nb, 1);                                           \
-        else mmvq3<T, 8>(m, rb, q, d, nb, nc);                                                 \
+        if (nc == 1) mmvq3<T, 1>(m, rb, q, d, nb, 1, wpr);                                      \
+        else mmvq3<T, 8>(m, rb, q, d, nb, nc, wpr);                                            \
     }
 MMVQ3(mmvq3_q4_0, T_Q4_0)
 MMVQ3(mmvq3_q4_1, T_Q4_1)
@@ -379,95 +376,24 @@ MMVQ3(mmvq3_q5_0, T_Q5_0)
 MMVQ3(mmvq3_q5_1, T_Q5_1)
 MMVQ3(mmvq3_q8_0, T_Q8_0)
 
-MMVQ(mmvq_q4_0, T_Q4_0)
-MMVQ(mmvq_q4_1, T_Q4_1)
-MMVQ(mmvq_q5_0, T_Q5_0)
-MMVQ(mmvq_q5_1, T_Q5_1)
-MMVQ(mmvq_q8_0, T_Q8_0)
 
-// Float weights (F32, F16, BF16) against f32 activations: y[t][r] = W[r] · x[t] (+ bias[r]),
-// one warp per row, 16-byte loads when the row allows it.
+// Float weights (F32, F16, BF16) against f32 activations, up to three matrices (see mmvq3).
 template <int T, int NC>
-__device__ void mvf(const u8* w, long long row_bytes, const float* x, float* y, int rows,
-                    int cols, const float* bias) {
-    int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    const u8* row = w + (long long)r * row_bytes;
-    float acc[NC];
-    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
-    if (T == T_F32) {
-        if ((cols & 3) == 0) {
-            const float4* wr = (const float4*)row;
-            for (int i = lane; i < cols / 4; i += 32) {
-                float4 v = wr[i];
-                for (int c = 0; c < NC; c++) {
-                    float4 a = ((const float4*)(x + (long long)c * cols))[i];
-                    acc[c] += v.x * a.x + v.y * a.y + v.z * a.z + v.w * a.w;
-                }
-            }
-        } else {
-            for (int i = lane; i < cols; i += 32)
-                for (int c = 0; c < NC; c++) acc[c] += ((const float*)row)[i] * x[(long long)c * cols + i];
-        }
-    } else {
-        if ((cols & 7) == 0) {
-            const uint4* wr = (const uint4*)row;
-            for (int i = lane; i < cols / 8; i += 32) {
-                uint4 v = wr[i];
-                u32 p[4] = {v.x, v.y, v.z, v.w};
-                float f[8];
-                for (int k = 0; k < 4; k++) {
-                    if (T == T_F16) {
-                        f[2 * k] = h2f((u16)(p[k] & 0xffff));
-                        f[2 * k + 1] = h2f((u16)(p[k] >> 16));
-                    } else {
-                        f[2 * k] = __uint_as_float(p[k] << 16);
-                        f[2 * k + 1] = __uint_as_float(p[k] & 0xffff0000u);
-                    }
-                }
-                for (int c = 0; c < NC; c++) {
-                    const float4* xa = (const float4*)(x + (long long)c * cols) + 2 * i;
-                    float4 a = xa[0], b = xa[1];
-                    acc[c] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x +
-                              f[5] * b.y + f[6] * b.z + f[7] * b.w;
-                }
-            }
-        } else {
-            for (int i = lane; i < cols; i += 32) {
-                u16 h = ((const u16*)row)[i];
-                float f = T == T_F16 ? h2f(h) : bf2f(h);
-                for (int c = 0; c < NC; c++) acc[c] += f * x[(long long)c * cols + i];
-            }
-        }
-    }
-    for (int c = 0; c < NC; c++) {
-        float s = warp_sum(acc[c]);
-        if (lane == 0) y[(long long)c * rows + r] = s + (bias ? bias[r] : 0.0f);
-    }
-}
-
-#define MVF(name, T)                                                                           \
-    extern "C" __global__ void name##_1(const u8* w, long long rb, const float* x, float* y,   \
-                                        int rows, int cols, const float* bias) {               \
-        mvf<T, 1>(w, rb, x, y, rows, cols, bias);                                              \
-    }                                                                                          \
-    extern "C" __global__ void name##_8(const u8* w, long long rb, const float* x, float* y,   \
-                                        int rows, int cols, const float* bias) {               \
-        mvf<T, 8>(w, rb, x, y, rows, cols, bias);                                              \
-    }
-template <int T, int NC>
-__device__ void mvf3(const Three& m, long long row_bytes, const float* x, int cols, int nc) {
-    int R = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    int k, r;
-    if (!pick(m, R, &k, &r)) return;
+__device__ void mvf3(const Three& m, long long row_bytes, const float* x, int cols, int nc,
+                     int wpr) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int R = blockIdx.x * ((blockDim.x >> 5) / wpr) + warp / wpr;
+    int part = warp % wpr;
+    int k = 0, r = 0;
+    bool ok = pick(m, R, &k, &r);
     const u8* row = m.w[k] + (long long)r * row_bytes;
     float acc[NC];
     for (int c = 0; c < NC; c++) acc[c] = 0.0f;
-    if (T == T_F32 && (cols & 3) == 0) {
+    int l0 = part * 32 + lane, ls = 32 * wpr;
+    if (!ok) {
+    } else if (T == T_F32 && (cols & 3) == 0) {
         const float4* wr = (const float4*)row;
-        for (int i = lane; i < cols / 4; i += 32) {
+        for (int i = l0; i < cols / 4; i += ls) {
             float4 v = wr[i];
             for (int c = 0; c < NC; c++) {
                 if (c < nc) {
@@ -478,7 +404,7 @@ __device__ void mvf3(const Three& m, long long row_bytes, const float* x, int co
         }
     } else if (T != T_F32 && (cols & 7) == 0) {
         const uint4* wr = (const uint4*)row;
-        for (int i = lane; i < cols / 8; i += 32) {
+        for (int i = l0; i < cols / 8; i += ls) {
             uint4 v = wr[i];
             u32 p[4] = {v.x, v.y, v.z, v.w};
             float f[8];
@@ -501,36 +427,29 @@ __device__ void mvf3(const Three& m, long long row_bytes, const float* x, int co
             }
         }
     } else {
-        for (int i = lane; i < cols; i += 32) {
+        for (int i = l0; i < cols; i += ls) {
             float wv = T == T_F32 ? ((const float*)row)[i]
                      : T == T_F16 ? h2f(((const u16*)row)[i]) : bf2f(((const u16*)row)[i]);
             for (int c = 0; c < NC; c++)
                 if (c < nc) acc[c] += wv * x[(long long)c * cols + i];
         }
     }
-    for (int c = 0; c < NC; c++) {
-        if (c >= nc) break;
-        float s = warp_sum(acc[c]);
-        if (lane == 0) m.y[k][(long long)c * m.r[k] + r] = s + (m.b[k] ? m.b[k][r] : 0.0f);
-    }
+    finish_row<NC>(m, acc, nc, ok, k, r, warp, lane, wpr);
 }
 
 #define MVF3(name, T)                                                                          \
     extern "C" __global__ void name(const u8* w0, const u8* w1, const u8* w2, long long rb,    \
                                     const float* x, float* y0, float* y1, float* y2, int r0,   \
                                     int r1, int r2, int cols, const float* b0, const float* b1, \
-                                    const float* b2, int nc) {                                 \
+                                    const float* b2, int nc, int wpr) {                        \
         Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
-        if (nc == 1) mvf3<T, 1>(m, rb, x, cols, 1);                                             \
-        else mvf3<T, 8>(m, rb, x, cols, nc);                                                   \
+        if (nc == 1) mvf3<T, 1>(m, rb, x, cols, 1, wpr);                                        \
+        else mvf3<T, 8>(m, rb, x, cols, nc, wpr);                                              \
     }
 MVF3(mvf3_f32, T_F32)
 MVF3(mvf3_f16, T_F16)
 MVF3(mvf3_bf16, T_BF16)
 
-MVF(mv_f32, T_F32)
-MVF(mv_f16, T_F16)
-MVF(mv_bf16, T_BF16)
 
 // ---- RoPE ---------------------------------------------------------------------------------------
 
@@ -952,6 +871,13 @@ extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, c
 
 // ---- CDMoE --------------------------------------------------------------------------------------
 
+// A key whose integer order is f32::total_cmp's order (-0 below +0, NaNs at the ends), so the
+// device ranks scores exactly as the CPU sorts them.
+__device__ __forceinline__ int fkey(float f) {
+    int b = __float_as_int(f);
+    return b ^ ((b >> 31) & 0x7fffffff);
+}
+
 // Natural per-token routing of token t (grid.x) on the device (blocks/cdmoe.rs, route): the top
 // m = min(k, nk) of each half of the router scores, the m² sums, the top k of those (ties:
 // lower expert id), and their softmax weights. idx/wt: [t][k]. One block of at least
@@ -968,9 +894,11 @@ extern "C" __global__ void moe_route(const float* router, int nk, int k, int* id
     __shared__ int tope[64];
     for (int i = threadIdx.x; i < nk; i += blockDim.x) {
         int rankx = 0, ranky = 0;
+        int kx = fkey(rx[i]), ky = fkey(ry[i]);
         for (int j = 0; j < nk; j++) {
-            if (rx[j] > rx[i] || (rx[j] == rx[i] && j < i)) rankx++;
-            if (ry[j] > ry[i] || (ry[j] == ry[i] && j < i)) ranky++;
+            int jx = fkey(rx[j]), jy = fkey(ry[j]);
+            if (jx > kx || (jx == kx && j < i)) rankx++;
+            if (jy > ky || (jy == ky && j < i)) ranky++;
         }
         if (rankx < m) tx[rankx] = i;
         if (ranky < m) ty[ranky] = i;
@@ -985,9 +913,12 @@ extern "C" __global__ void moe_route(const float* router, int nk, int k, int* id
     __syncthreads();
     for (int c = threadIdx.x; c < mm; c += blockDim.x) {
         float s = cs[c];
+        int ks = fkey(s);
         int e = ce[c], rank = 0;
-        for (int o = 0; o < mm; o++)
-            if (cs[o] > s || (cs[o] == s && ce[o] < e)) rank++;
+        for (int o = 0; o < mm; o++) {
+            int ko = fkey(cs[o]);
+            if (ko > ks || (ko == ks && ce[o] < e)) rank++;
+        }
         if (rank < k) {
             top[rank] = s;
             tope[rank] = e;
