@@ -1010,6 +1010,7 @@ impl GpuSession {
                     let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0))?;
                     r?;
                     self.graph = Some(g.ok_or_else(|| anyhow!("capturing the decode graph"))?);
+                    self.report_replay()?;
                 }
                 if let Some(g) = &self.graph {
                     g.launch()?;
@@ -1030,6 +1031,32 @@ impl GpuSession {
         if let Some(tr) = trace {
             self.dtoh(tr, self.s.trace)?;
         }
+        Ok(())
+    }
+
+    /// With `CHEEMS_CUDA_REPLAY=N`, right after the decode graph is captured: replays it N times
+    /// back to back (the same token and position, so the session's state is not meaningful
+    /// afterwards: for benchmarks, which reset after their warm-up) and prints the device time
+    /// per step to stderr.
+    fn report_replay(&self) -> Result<()> {
+        let Some(n) = std::env::var("CHEEMS_CUDA_REPLAY")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        else {
+            return Ok(());
+        };
+        let Some(g) = &self.graph else {
+            return Ok(());
+        };
+        g.launch()?;
+        self.stream.synchronize()?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..n {
+            g.launch()?;
+        }
+        self.stream.synchronize()?;
+        let us = t0.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
+        eprintln!("cuda graph replay: {us:.1} us per decode step ({n} replays)");
         Ok(())
     }
 

@@ -63,6 +63,17 @@ if [[ $what == *graph* ]]; then
         echo "CHEEMS_CUDA_GRAPH=$g"
         CHEEMS_CUDA_GRAPH=$g timeout 45 $BIN/cheems bench /tmp/g.gguf --device cuda -p 0 -n 128 -r 3 2>&1 | tail -1
     done
+    echo "== device time per decode step (graph replayed back to back) and the SM clock meanwhile"
+    nvidia-smi --query-gpu=clocks.sm,clocks.mem,utilization.gpu --format=csv,noheader -lms 200 > "$OUT/clocks.txt" 2>&1 &
+    smi=$!
+    for shape in mamba2-130m llama-110m doge-60m cheems-120m; do
+        $BIN/cheems synth --shape $shape --type f16 -o /tmp/r.gguf >/dev/null 2>&1
+        echo -n "$shape f16: "
+        CHEEMS_CUDA_REPLAY=2000 timeout 45 $BIN/cheems bench /tmp/r.gguf --device cuda -p 0 -n 512 -r 2 2>&1 | grep -E "replay|tg512" | tr '\n' ' '
+        echo
+    done
+    kill $smi 2>/dev/null
+    sort "$OUT/clocks.txt" | uniq -c | sort -rn | head -5
 fi
 
 if [[ $what == *hf* ]]; then
