@@ -508,13 +508,15 @@ mod gpu {
             return;
         }
         use GgmlType::*;
-        // The products equal the CPU's (see products_match_the_cpu_for_every_type) except for
-        // k-quants, requantized to Q8_0 on the GPU (Q8_K activations on the CPU): files of the
-        // 4- and 5-bit types carry a Q6_K output head, so theirs is the k-quants' bound.
+        // The products equal the CPU's (see products_match_the_cpu_for_every_type), but int8
+        // activation quants are a step function: a last-bit difference upstream (summation
+        // order) can move one quant by 1, hence 1e-2 for quantized files. K-quants are
+        // requantized to Q8_0 on the GPU (Q8_K activations on the CPU), and files of the 4- and
+        // 5-bit types carry a Q6_K output head: theirs is the k-quants' bound.
         let cases = [
             (F16, 1e-3),
             (BF16, 1e-3),
-            (Q8_0, 1e-3),
+            (Q8_0, 1e-2),
             (Q4_0, 3e-2),
             (Q4_1, 3e-2),
             (Q5_0, 3e-2),
@@ -554,10 +556,11 @@ mod gpu {
         }
         let dir = tempfile::tempdir().unwrap();
         for shape in ["tiny-llama", "tiny-mamba2", "tiny-doge-moe", "tiny-cheems"] {
-            // Q4_0 files carry a Q6_K output head (requantized on the GPU, see above).
+            // Quantized activations: see every_type_matches_the_cpu_on_the_fixture_models; Q4_0
+            // files carry a Q6_K output head (requantized on the GPU).
             for (ty, bound) in [
                 (GgmlType::F32, 1e-3),
-                (GgmlType::Q8_0, 1e-3),
+                (GgmlType::Q8_0, 1e-2),
                 (GgmlType::Q4_0, 3e-2),
             ] {
                 let p = dir.path().join(format!("{shape}-{ty}.gguf"));

@@ -60,7 +60,8 @@ const KERNELS: &[&str] = &[
     "mvf3_bf16",
     "rope",
     "qk_rope",
-    "attention",
+    "attn_part",
+    "attn_combine",
     "dma_insert",
     "ssd_fused",
     "gate_norm",
@@ -167,14 +168,26 @@ impl Gpu {
         &self.name
     }
 
-    /// Launches kernel `name` on `stream`. Each argument is one kernel parameter passed as 8
-    /// bytes: device pointers and `long long` as they are, `int` and `float` parameters in the
-    /// low 4 bytes ([`i`], [`f`]), which is what the kernel reads on a little-endian host.
+    /// Launches kernel `name` on `stream` with a two-dimensional grid (see [`Gpu::launch3`]).
     fn launch(
         &self,
         stream: &CudaStream,
         name: &str,
         grid: (usize, usize),
+        block: usize,
+        args: &[u64],
+    ) -> Result<()> {
+        self.launch3(stream, name, (grid.0, grid.1, 1), block, args)
+    }
+
+    /// Launches kernel `name` on `stream`. Each argument is one kernel parameter passed as 8
+    /// bytes: device pointers and `long long` as they are, `int` and `float` parameters in the
+    /// low 4 bytes ([`i`], [`f`]), which is what the kernel reads on a little-endian host.
+    fn launch3(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        grid: (usize, usize, usize),
         block: usize,
         args: &[u64],
     ) -> Result<()> {
@@ -199,7 +212,11 @@ impl Gpu {
         unsafe {
             cu::launch_kernel(
                 f.cu_function(),
-                (grid.0.max(1) as u32, grid.1.max(1) as u32, 1),
+                (
+                    grid.0.max(1) as u32,
+                    grid.1.max(1) as u32,
+                    grid.2.max(1) as u32,
+                ),
                 (block as u32, 1, 1),
                 0,
                 stream.cu_stream(),
@@ -737,6 +754,85 @@ impl GpuWeights {
     }
 }
 
+/// Keys per block of the split attention (`attn_part`).
+const SPAN: usize = 256;
+
+/// One attention launch pair (`attn_part` over parts of [`SPAN`] keys, then `attn_combine`) for
+/// `n` tokens from `t0`; see the kernels for the cache layout.
+#[derive(Debug)]
+struct AttnArgs {
+    q: DPtr,
+    kc: DPtr,
+    vc: DPtr,
+    out: DPtr,
+    att: DPtr,
+    n_heads: usize,
+    group: usize,
+    hd: usize,
+    /// (between KV heads, between keys), in floats
+    strides: (usize, usize),
+    lens: DPtr,
+    bias: (DPtr, usize),
+    max_keys: usize,
+    step: DPtr,
+    t0: usize,
+    n: usize,
+    /// (max, sum, output) of the parts
+    parts: (DPtr, DPtr, DPtr),
+    /// int8 blocks of the output, or (0, 0)
+    q8: (DPtr, DPtr),
+}
+
+fn launch_attention(gpu: &Gpu, stream: &CudaStream, a: &AttnArgs) -> Result<()> {
+    let n_parts = a.max_keys.div_ceil(SPAN);
+    let scale = 1.0 / (a.hd as f32).sqrt();
+    gpu.launch3(
+        stream,
+        "attn_part",
+        (a.n_heads, a.n, n_parts),
+        256,
+        &[
+            a.q,
+            a.kc,
+            a.vc,
+            a.att,
+            i(a.group),
+            i(a.hd),
+            a.strides.0 as u64,
+            i(a.strides.1),
+            a.lens,
+            a.bias.0,
+            i(a.bias.1),
+            i(a.max_keys),
+            f(scale),
+            a.step,
+            i(a.t0),
+            i(SPAN),
+            i(n_parts),
+            a.parts.0,
+            a.parts.1,
+            a.parts.2,
+        ],
+    )?;
+    gpu.launch(
+        stream,
+        "attn_combine",
+        (a.n_heads, a.n),
+        128,
+        &[
+            a.parts.0,
+            a.parts.1,
+            a.parts.2,
+            i(n_parts),
+            i(a.hd),
+            a.out,
+            i(a.t0),
+            a.q8.0,
+            a.q8.1,
+        ],
+    )
+}
+
 /// One layer's state on the device.
 #[derive(Debug)]
 enum GState {
@@ -771,6 +867,10 @@ struct GScratch {
     v: DPtr,
     att_out: DPtr,
     att: DPtr,
+    /// Split attention's parts: max, sum `[BATCH][n_heads][parts]`, output (`· head_dim`).
+    part_m: DPtr,
+    part_l: DPtr,
+    part_o: DPtr,
     act_q: DPtr,
     act_d: DPtr,
     zx: DPtr,
@@ -877,6 +977,9 @@ impl GpuSession {
             v: pool.zeros(g, b * kvd * f4)?,
             att_out: pool.zeros(g, b * qd * f4)?,
             att: pool.zeros(g, b * c.n_heads * max_keys * f4)?,
+            part_m: pool.zeros(g, b * c.n_heads * max_keys.div_ceil(SPAN) * f4)?,
+            part_l: pool.zeros(g, b * c.n_heads * max_keys.div_ceil(SPAN) * f4)?,
+            part_o: pool.zeros(g, b * c.n_heads * max_keys.div_ceil(SPAN) * c.head_dim * f4)?,
             act_q: pool.zeros(g, b * widest.div_ceil(32) * 32)?,
             act_d: pool.zeros(g, b * widest.div_ceil(32) * 2 * f4)?,
             zx: pool.zeros(g, b * ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
@@ -1204,37 +1307,31 @@ impl GpuSession {
     ) -> Result<()> {
         let c = &self.config;
         let s = &self.s;
-        let scale = 1.0 / (c.head_dim as f32).sqrt();
         let (q8, d8) = if quantize && c.head_dim.is_multiple_of(32) {
             (s.act_q, s.act_d)
         } else {
             (0, 0)
         };
-        self.launch(
-            "attention",
-            (c.n_heads, n),
-            256,
-            &[
-                s.q,
-                kc,
-                vc,
-                s.att_out,
-                s.att,
-                i(c.n_heads / c.n_kv_heads),
-                i(c.head_dim),
-                strides.0 as u64,
-                i(strides.1),
-                lens,
-                bias.0,
-                i(bias.1),
-                i(self.max_keys),
-                f(scale),
-                s.step,
-                i(t0),
-                q8,
-                d8,
-            ],
-        )
+        let args = AttnArgs {
+            q: s.q,
+            kc,
+            vc,
+            out: s.att_out,
+            att: s.att,
+            n_heads: c.n_heads,
+            group: c.n_heads / c.n_kv_heads,
+            hd: c.head_dim,
+            strides,
+            lens,
+            bias,
+            max_keys: self.max_keys,
+            step: s.step,
+            t0,
+            n,
+            parts: (s.part_m, s.part_l, s.part_o),
+            q8: (q8, d8),
+        };
+        launch_attention(&self.w.gpu, &self.stream, &args)
     }
 
     /// Every launch of the forward pass of the `n` tokens in the step buffer (a fixed sequence

@@ -156,34 +156,31 @@ impl Ops {
         let out = pool.zeros(&self.gpu, n_heads * head_dim * 4)?;
         let att = pool.zeros(&self.gpu, n_heads * n * 4)?;
         let step = self.step(&mut pool, n.saturating_sub(1))?;
+        let parts = n.div_ceil(super::SPAN) * n_heads;
+        let pm = pool.zeros(&self.gpu, parts * 4)?;
+        let pl = pool.zeros(&self.gpu, parts * 4)?;
+        let po = pool.zeros(&self.gpu, parts * head_dim * 4)?;
         self.gpu.stream.synchronize()?;
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        self.gpu.launch(
-            &self.stream,
-            "attention",
-            (n_heads, 1),
-            256,
-            &[
-                qp,
-                kp,
-                vp,
-                out,
-                att,
-                i(n_heads / n_kv),
-                i(head_dim),
-                (n * head_dim) as u64,
-                i(head_dim),
-                lp,
-                bp,
-                i(n),
-                i(n),
-                f(scale),
-                step,
-                0,
-                0,
-                0,
-            ],
-        )?;
+        let args = super::AttnArgs {
+            q: qp,
+            kc: kp,
+            vc: vp,
+            out,
+            att,
+            n_heads,
+            group: n_heads / n_kv,
+            hd: head_dim,
+            strides: (n * head_dim, head_dim),
+            lens: lp,
+            bias: (bp, n),
+            max_keys: n,
+            step,
+            t0: 0,
+            n: 1,
+            parts: (pm, pl, po),
+            q8: (0, 0),
+        };
+        super::launch_attention(&self.gpu, &self.stream, &args)?;
         self.down(out, n_heads * head_dim)
     }
 

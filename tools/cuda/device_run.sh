@@ -73,6 +73,12 @@ if [[ $what == *graph* ]]; then
         echo
     done
     kill $smi 2>/dev/null
+    echo "== decode after a long context (-d 2048: DMA caches full, llama attends over 2048+ keys)"
+    for shape in doge-60m llama-110m cheems-120m; do
+        $BIN/cheems synth --shape $shape --type q8_0 -o /tmp/d.gguf >/dev/null 2>&1
+        echo -n "$shape q8_0: "
+        timeout 60 $BIN/cheems bench /tmp/d.gguf --device cuda -p 0 -n 128 -d 2048 -r 2 2>&1 | grep tg128
+    done
     sort "$OUT/clocks.txt" | uniq -c | sort -rn | head -5
 fi
 

@@ -572,32 +572,44 @@ extern "C" __global__ void kv_append(const float* k, const float* v, float* kc, 
     }
 }
 
-// One query head per block: out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j over the keys of its
-// KV head g = h / group. Key j of head g is at kc + g·head_stride + j·row_stride; the number of
-// keys is lens[g], or step[1] + 1 + t when lens is NULL (plain causal attention of token t).
-// bias (DMA scores) is [g][bias_stride]. att: [n_heads][max_keys] scratch.
-// Token t = t0 + blockIdx.y. With q8, the output is also quantized to int8 blocks (hd a multiple
-// of 32) for the output projection.
-extern "C" __global__ void attention(const float* q, const float* kc, const float* vc,
-                                     float* out, float* att, int group, int hd,
-                                     long long head_stride, int row_stride, const int* lens,
-                                     const float* bias, int bias_stride, int max_keys,
-                                     float scale, const int* step, int t0, signed char* q8,
-                                     float* d8) {
-    int h = blockIdx.x, t = t0 + blockIdx.y, nh = gridDim.x;
+// Attention of query head h of token t over the keys of its KV head g = h / group:
+// out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j. Key j of head g is at kc + g·head_stride +
+// j·row_stride; the number of keys is lens[g], or step[1] + 1 + t when lens is NULL (plain causal
+// attention of token t); bias (DMA scores) is [g][bias_stride]; att: [tokens][n_heads][max_keys]
+// scratch for the weights.
+// Attention split over the keys (flash-decoding): block (h, t - t0, part) takes keys
+// [part·span, (part+1)·span) of the same cache layout as `attention`, and writes its running max
+// pm, sum of exponentials pl and unnormalized output po ([t][h][part], po with hd values); an
+// empty part writes pl = 0. attn_combine merges the parts.
+extern "C" __global__ void attn_part(const float* q, const float* kc, const float* vc,
+                                     float* att, int group, int hd, long long head_stride,
+                                     int row_stride, const int* lens, const float* bias,
+                                     int bias_stride, int max_keys, float scale,
+                                     const int* step, int t0, int span, int n_parts, float* pm,
+                                     float* pl, float* po) {
+    int h = blockIdx.x, t = t0 + blockIdx.y, part = blockIdx.z, nh = gridDim.x;
     int g = h / group;
     int n = lens ? lens[g] : step[1] + 1 + t;
+    int j0 = part * span, j1 = min(n, j0 + span);
+    long long pi = ((long long)t * nh + h) * n_parts + part;
+    if (j0 >= j1) {
+        if (threadIdx.x == 0) {
+            pm[pi] = -INFINITY;
+            pl[pi] = 0.0f;
+        }
+        return;
+    }
     const float* qh = q + ((long long)t * nh + h) * hd;
     const float* kb = kc + g * head_stride;
     const float* vb = vc + g * head_stride;
     float* a = att + ((long long)t * nh + h) * max_keys;
     __shared__ float qs[256];
-    __shared__ float part[1024];
+    __shared__ float part_o[1024];
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qh[i];
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     float mx = -INFINITY;
-    for (int j = w; j < n; j += nw) {
+    for (int j = j0 + w; j < j1; j += nw) {
         const float* kj = kb + (long long)j * row_stride;
         float s = 0.0f;
         for (int i = lane; i < hd; i += 32) s += qs[i] * kj[i];
@@ -607,31 +619,56 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
     }
     mx = block_max(mx);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
         float e = expf(a[j] - mx);
         a[j] = e;
         sum += e;
     }
     sum = block_sum(sum);
-    float inv = 1.0f / sum;
-    // Values: thread (s, i) sums the keys j ≡ s (mod slices) of dimension i.
     int slices = blockDim.x / hd;
     if (slices < 1) slices = 1;
     int sl = threadIdx.x / hd, i = threadIdx.x % hd;
     float acc = 0.0f;
     if (sl < slices)
-        for (int j = sl; j < n; j += slices) acc += a[j] * vb[(long long)j * row_stride + i];
-    if (sl < slices) part[sl * hd + i] = acc;
+        for (int j = j0 + sl; j < j1; j += slices) acc += a[j] * vb[(long long)j * row_stride + i];
+    if (sl < slices) part_o[sl * hd + i] = acc;
     __syncthreads();
-    __shared__ float res[256];
     if (threadIdx.x < hd) {
-        float s = 0.0f;
-        for (int k = 0; k < slices; k++) s += part[k * hd + threadIdx.x];
-        res[threadIdx.x] = s * inv;
-        out[((long long)t * nh + h) * hd + threadIdx.x] = s * inv;
+        float o = 0.0f;
+        for (int k = 0; k < slices; k++) o += part_o[k * hd + threadIdx.x];
+        po[pi * hd + threadIdx.x] = o;
+    }
+    if (threadIdx.x == 0) {
+        pm[pi] = mx;
+        pl[pi] = sum;
+    }
+}
+
+// Merges attn_part's parts of block (h, t - t0): out = Σ_p e^(m_p − M) o_p / Σ_p e^(m_p − M) l_p,
+// and with q8 the output's int8 blocks (hd a multiple of 32).
+extern "C" __global__ void attn_combine(const float* pm, const float* pl, const float* po,
+                                        int n_parts, int hd, float* out, int t0,
+                                        signed char* q8, float* d8) {
+    int h = blockIdx.x, t = t0 + blockIdx.y, nh = gridDim.x;
+    long long base = ((long long)t * nh + h) * n_parts;
+    float M = -INFINITY;
+    for (int p = 0; p < n_parts; p++)
+        if (pl[base + p] > 0.0f) M = fmaxf(M, pm[base + p]);
+    float L = 0.0f;
+    for (int p = 0; p < n_parts; p++)
+        if (pl[base + p] > 0.0f) L += pl[base + p] * expf(pm[base + p] - M);
+    __shared__ float res[256];
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float o = 0.0f;
+        for (int p = 0; p < n_parts; p++)
+            if (pl[base + p] > 0.0f) o += po[(base + p) * hd + i] * expf(pm[base + p] - M);
+        o /= L;
+        res[i] = o;
+        out[((long long)t * nh + h) * hd + i] = o;
     }
     if (!q8) return;
     __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     long long b0 = ((long long)t * nh + h) * hd / 32;
     for (int b = w; b < hd / 32; b += nw) q8_block(res[b * 32 + lane], q8, d8, b0 + b, lane);
 }
