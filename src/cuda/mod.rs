@@ -96,6 +96,10 @@ pub struct Gpu {
     funcs: HashMap<&'static str, CudaFunction>,
     name: String,
     ordinal: usize,
+    /// Launch with programmatic stream serialization (compute capability 9.0 and later, unless
+    /// `CHEEMS_CUDA_PDL=0`): the next kernel is scheduled while the previous one finishes, and
+    /// waits for it in its first instruction (`griddepcontrol.wait`).
+    pdl: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -153,7 +157,9 @@ impl Gpu {
             );
         }
         let stream = ctx.new_stream()?;
+        let pdl = cc.0 >= 9 && std::env::var("CHEEMS_CUDA_PDL").map_or(true, |v| v != "0");
         Ok(Gpu {
+            pdl,
             name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
             ctx,
             stream,
@@ -205,6 +211,42 @@ impl Gpu {
         for (p, v) in ptrs.iter_mut().zip(vals.iter_mut()) {
             *p = (v as *mut u64).cast();
         }
+        let (gx, gy, gz) = (
+            grid.0.max(1) as u32,
+            grid.1.max(1) as u32,
+            grid.2.max(1) as u32,
+        );
+        if self.pdl {
+            // SAFETY: a plain-data C struct, valid when zeroed.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: gx,
+                gridDimY: gy,
+                gridDimZ: gz,
+                blockDimX: block as u32,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as below for the function and its parameters; `cfg` and `attr` outlive
+            // the call, which copies them.
+            return unsafe {
+                sys::cuLaunchKernelEx(
+                    &cfg,
+                    f.cu_function(),
+                    ptrs.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            }
+            .result()
+            .with_context(|| format!("launching `{name}`"));
+        }
         // SAFETY: `f` belongs to this context's module; every parameter pointer points into
         // `vals`, which outlives the call (cuLaunchKernel copies the values), and each kernel's
         // parameters are at most 8 bytes, as documented above; the device pointers passed are
@@ -212,11 +254,7 @@ impl Gpu {
         unsafe {
             cu::launch_kernel(
                 f.cu_function(),
-                (
-                    grid.0.max(1) as u32,
-                    grid.1.max(1) as u32,
-                    grid.2.max(1) as u32,
-                ),
+                (gx, gy, gz),
                 (block as u32, 1, 1),
                 0,
                 stream.cu_stream(),

@@ -8,6 +8,14 @@
 // float pair per block, ds[2b] = d and ds[2b+1] = s = d·Σq, each rounded to f16 as ggml's
 // q8_0/q8_1 blocks hold them, so the products equal the CPU's up to summation order.
 
+// Programmatic dependent launch (sm_90+): every kernel first waits for the kernels it depends on
+// (a no-op when launched without the attribute), then lets the next launch start scheduling.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_WAIT()
+#endif
+
 #define T_F32 0
 #define T_F16 1
 #define T_Q4_0 2
@@ -140,6 +148,7 @@ __device__ float dq(int ty, const u8* row, int j) {
 // x[t] = row step[0 + 2t] of the embedding, for n tokens (grid.y = token).
 extern "C" __global__ void embed(int ty, const u8* w, long long row_bytes, const int* step,
                                  float* x, int d) {
+    PDL_WAIT();
     int t = blockIdx.y;
     const u8* row = w + (long long)step[2 * t] * row_bytes;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
@@ -148,6 +157,7 @@ extern "C" __global__ void embed(int ty, const u8* w, long long row_bytes, const
 
 // out[r] = w ⊙ x[r] / sqrt(mean(x[r]²) + eps), one block per row (w shared by the rows).
 extern "C" __global__ void rmsnorm(const float* x, const float* w, float eps, float* out, int n) {
+    PDL_WAIT();
     const float* xr = x + (long long)blockIdx.x * n;
     float* o = out + (long long)blockIdx.x * n;
     float ss = 0.0f;
@@ -178,6 +188,7 @@ __device__ __forceinline__ void q8_block(float v, signed char* q, float* ds, lon
 extern "C" __global__ void add_rmsnorm(float* x, const float* scale, const float* branch,
                                        const float* w, float eps, float* out, int n,
                                        signed char* q, float* qd) {
+    PDL_WAIT();
     float* xr = x + (long long)blockIdx.x * n;
     float* o = out + (long long)blockIdx.x * n;
     const float* br = branch ? branch + (long long)blockIdx.x * n : 0;
@@ -202,6 +213,7 @@ extern "C" __global__ void add_rmsnorm(float* x, const float* scale, const float
 
 // x = scale ⊙ x + b (scale NULL: x += b), over n values with the scale of period d.
 extern "C" __global__ void residual(float* x, const float* scale, const float* b, int n, int d) {
+    PDL_WAIT();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     x[i] = scale ? scale[i % d] * x[i] + b[i] : x[i] + b[i];
@@ -209,12 +221,14 @@ extern "C" __global__ void residual(float* x, const float* scale, const float* b
 
 // a = silu(a) ⊙ b
 extern "C" __global__ void silu_mul(float* a, const float* b, int n) {
+    PDL_WAIT();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) a[i] = silu(a[i]) * b[i];
 }
 
 // a = silu(a) ⊙ b and its int8 blocks (n a multiple of 32), one warp per block of 32.
 extern "C" __global__ void silu_mul_q8(float* a, const float* b, int n, signed char* q, float* d) {
+    PDL_WAIT();
     long long blk = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (blk * 32 >= n) return;
@@ -226,6 +240,7 @@ extern "C" __global__ void silu_mul_q8(float* a, const float* b, int n, signed c
 
 // y[i] += b[i % d] over n values.
 extern "C" __global__ void add_bias(float* y, const float* b, int n, int d) {
+    PDL_WAIT();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] += b[i % d];
 }
@@ -235,6 +250,7 @@ extern "C" __global__ void add_bias(float* y, const float* b, int n, int d) {
 // Activations to int8 blocks of 32: q = round(x / d), d = max|x| / 127 (ggml's q8_0/q8_1
 // quants). One warp per block.
 extern "C" __global__ void quantize_q8(const float* x, signed char* q, float* ds, int n) {
+    PDL_WAIT();
     int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (b * 32 >= n) return;
@@ -366,6 +382,7 @@ __device__ void mmvq3(const Three& m, long long row_bytes, const signed char* q,
                                     float* y1, float* y2, int r0, int r1, int r2, int nb,      \
                                     const float* b0, const float* b1, const float* b2, int nc, \
                                     int wpr) {                                                 \
+        PDL_WAIT();                                                                            \
         Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
         if (nc == 1) mmvq3<T, 1>(m, rb, q, d, nb, 1, wpr);                                      \
         else mmvq3<T, 8>(m, rb, q, d, nb, nc, wpr);                                            \
@@ -442,6 +459,7 @@ __device__ void mvf3(const Three& m, long long row_bytes, const float* x, int co
                                     const float* x, float* y0, float* y1, float* y2, int r0,   \
                                     int r1, int r2, int cols, const float* b0, const float* b1, \
                                     const float* b2, int nc, int wpr) {                        \
+        PDL_WAIT();                                                                            \
         Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
         if (nc == 1) mvf3<T, 1>(m, rb, x, cols, 1, wpr);                                        \
         else mvf3<T, 8>(m, rb, x, cols, nc, wpr);                                              \
@@ -480,6 +498,7 @@ extern "C" __global__ void qk_rope(float* q, float* k, const float* v, int n_hea
                                    int pairing, const int* step, const float* inv_freq,
                                    float theta, float linear, float dyn_factor, int dyn_orig,
                                    float* kc, float* vc) {
+    PDL_WAIT();
     int hh = blockIdx.x, t = blockIdx.y;
     bool is_q = hh < n_heads;
     int h = is_q ? hh : hh - n_heads;
@@ -530,6 +549,7 @@ extern "C" __global__ void rope(float* x, long long stride, int width, int dim, 
                                 const int* step,
                                 const float* inv_freq, float theta, float linear,
                                 float dyn_factor, int dyn_orig) {
+    PDL_WAIT();
     int t = blockIdx.y;
     int half = dim / 2;
     int n_pairs = (width / dim) * half;
@@ -564,6 +584,7 @@ extern "C" __global__ void rope(float* x, long long stride, int width, int dim, 
 // Appends token t's keys and values (grid.y = t) to a plain KV cache at row step[1] + t.
 extern "C" __global__ void kv_append(const float* k, const float* v, float* kc, float* vc,
                                      int kvd, const int* step) {
+    PDL_WAIT();
     int t = blockIdx.y;
     long long at = (long long)(step[1] + t) * kvd;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < kvd; i += gridDim.x * blockDim.x) {
@@ -587,6 +608,7 @@ extern "C" __global__ void attn_part(const float* q, const float* kc, const floa
                                      int bias_stride, int max_keys, float scale,
                                      const int* step, int t0, int span, int n_parts, float* pm,
                                      float* pl, float* po) {
+    PDL_WAIT();
     int h = blockIdx.x, t = t0 + blockIdx.y, part = blockIdx.z, nh = gridDim.x;
     int g = h / group;
     int n = lens ? lens[g] : step[1] + 1 + t;
@@ -649,6 +671,7 @@ extern "C" __global__ void attn_part(const float* q, const float* kc, const floa
 extern "C" __global__ void attn_combine(const float* pm, const float* pl, const float* po,
                                         int n_parts, int hd, float* out, int t0,
                                         signed char* q8, float* d8) {
+    PDL_WAIT();
     int h = blockIdx.x, t = t0 + blockIdx.y, nh = gridDim.x;
     long long base = ((long long)t * nh + h) * n_parts;
     float M = -INFINITY;
@@ -682,6 +705,7 @@ extern "C" __global__ void dma_insert(const float* k, const float* v, int dt_ty,
                                       long long dt_rb, const float* dt_bias, const float* a,
                                       float* kc, float* vc, float* score, int* pos, int* lens,
                                       int kw, int hd, int n_kv, int t, const int* step) {
+    PDL_WAIT();
     int g = blockIdx.x;
     int kvd = n_kv * hd;
     const u8* wrow = dt_w + (long long)g * dt_rb;
@@ -748,6 +772,7 @@ extern "C" __global__ void dma_insert(const float* k, const float* v, int dt_ty,
 extern "C" __global__ void ssd_conv(const float* zx, int zx_stride, int x_off, float* state,
                                     const float* w, const float* bias, float* xbc, int cd,
                                     int dconv, int t) {
+    PDL_WAIT();
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= cd) return;
     const float* in = zx + (long long)t * zx_stride + x_off;
@@ -768,6 +793,7 @@ extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, i
                                     int dt_off, const float* dt_bias, const float* a,
                                     const float* dskip, float* ssm, float* y, int p, int n,
                                     int n_groups, int d_inner, int t) {
+    PDL_WAIT();
     int h = blockIdx.x, nh = gridDim.x;
     int g = h / (nh / n_groups);
     const float* row = xbc + (long long)t * cd;
@@ -805,6 +831,7 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
                                      const float* dt_bias, const float* a, const float* dskip,
                                      float* ssm, float* y, int p, int n, int n_groups,
                                      int d_inner, int dconv, int t, const int* step) {
+    PDL_WAIT();
     int h = blockIdx.x, nh = gridDim.x;
     int hpg = nh / n_groups;
     int g = h / hpg;
@@ -885,6 +912,7 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
 // With q8, the result's int8 blocks too (group size a multiple of 32).
 extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, const float* w,
                                      float eps, int d_inner, signed char* q8, float* d8) {
+    PDL_WAIT();
     int gs = d_inner / gridDim.x;
     int t = blockIdx.y;
     float* yg = y + (long long)t * d_inner + blockIdx.x * gs;
@@ -920,6 +948,7 @@ __device__ __forceinline__ int fkey(float f) {
 // lower expert id), and their softmax weights. idx/wt: [t][k]. One block of at least
 // max(nk, m²) threads... (looped when fewer).
 extern "C" __global__ void moe_route(const float* router, int nk, int k, int* idx, float* wt) {
+    PDL_WAIT();
     int t = blockIdx.x;
     const float* rx = router + (long long)t * 2 * nk;
     const float* ry = rx + nk;
@@ -976,6 +1005,7 @@ extern "C" __global__ void moe_route(const float* router, int nk, int k, int* id
 // e's rows are at down + e·stride and up + e·stride.
 extern "C" __global__ void moe_alpha(int ty, const u8* down, long long stride, const float* x,
                                      int h, const int* idx, const float* wt, float* alpha, int k) {
+    PDL_WAIT();
     int r = blockIdx.x, t = blockIdx.y;
     int e = idx[t * k + r];
     const u8* row = down + (long long)e * stride;
@@ -989,6 +1019,7 @@ extern "C" __global__ void moe_alpha(int ty, const u8* down, long long stride, c
 // out[t] += Σ_r alpha[t][r] · up_{e_r}
 extern "C" __global__ void moe_up(int ty, const u8* up, long long stride, const int* idx,
                                   const float* alpha, float* out, int h, int k) {
+    PDL_WAIT();
     int t = blockIdx.y;
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= h) return;
