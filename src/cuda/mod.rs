@@ -3,19 +3,24 @@
 //! loaded at run time (`cudarc` with dynamic loading: one binary runs with or without a GPU) and
 //! the kernels (`kernels/src/cuda/kernels.cu`) are compiled at run time with NVRTC, once per
 //! process and device. Without the feature, `off.rs` provides the same types, whose constructors
-//! return a clear error.
+//! return a clear error. [`ops`] launches single kernels for the parity suite (`tests/cuda.rs`).
+//!
+//! The whole forward pass stays on the device: RMSNorm (fused with the residual add before it and
+//! the int8 quantization after it), RoPE (with DMA's per-head norm and the KV append), attention
+//! split over parts of the cache and combined, the DMA score and bounded cache, the SSD conv and
+//! step (one kernel per token), CDMoE routing (router scores never leave the device) and the expert
+//! gather. Products of up to three matrices with one input are one launch and read each weight
+//! row once per 8 tokens. A call runs up to [`BATCH`] tokens; attention, DMA inserts and SSD steps
+//! go token by token inside it.
 //!
 //! A decode step is a fixed sequence of launches that read the token and position from a small
 //! device buffer, so it is captured once as a CUDA graph and replayed: per token the host copies
-//! 8 bytes in, launches the graph and copies the logits row out (the sampler stays on the host).
-//! The whole forward pass stays on the device: RMSNorm, RoPE, attention over the cache, the DMA
-//! score and bounded cache, the SSD conv and step, CDMoE routing (router scores never leave the
-//! device) and the expert gather. Prompts are fed token by token through the same graph (no
-//! batched prefill yet).
+//! 8 bytes in, launches the graph and copies the logits row out (the sampler stays on the host),
+//! allocating nothing. On sm_90+ kernels are launched with programmatic stream serialization.
 //!
 //! Weight types: F32, F16, BF16 (f32 activations), Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (int8 dot
-//! products against activations quantized to int8 blocks of 32, as llama.cpp's MMVQ). K-quants
-//! (Q4_K, Q5_K, Q6_K) are requantized to Q8_0 when uploaded.
+//! products against activations quantized to int8 blocks of 32 with f16 scales, as ggml's q8_0 /
+//! q8_1 and llama.cpp's MMVQ). K-quants (Q4_K, Q5_K, Q6_K) are requantized to Q8_0 when uploaded.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
