@@ -40,6 +40,7 @@ mod neon;
 pub mod pool;
 pub mod reference;
 mod scalar;
+pub mod ssm;
 pub mod vecops;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -3,7 +3,7 @@
 //! `[n_heads][head_dim][d_state]` SSM state.
 
 use anyhow::Result;
-use cheems_kernels::vecops;
+use cheems_kernels::{ssm, vecops};
 
 use super::attention::add_bias;
 use super::mlp::silu;
@@ -200,23 +200,37 @@ impl Ssd {
         }
         let y_row = &mut s.y[..di];
         let heads_per_group = c.n_heads / c.n_groups;
-        for h in 0..c.n_heads {
-            let g = h / heads_per_group;
+        let nh = c.n_heads;
+        for h in 0..nh {
             let dt = crate::blocks::dma::softplus(dt_raw[h] + self.dt_bias[h]);
-            let da = (dt * self.a[h]).exp();
-            let (bg, cg) = (&b[g * n..(g + 1) * n], &cc[g * n..(g + 1) * n]);
-            for i in 0..p {
-                let xi = x[h * p + i];
-                let row = &mut st.ssm[(h * p + i) * n..(h * p + i + 1) * n];
-                let dtx = dt * xi;
-                let mut acc = 0.0;
-                for k in 0..n {
-                    row[k] = row[k] * da + dtx * bg[k];
-                    acc += row[k] * cg[k];
-                }
-                y_row[h * p + i] = acc + self.d[h] * xi;
-            }
+            s.dt[h] = dt;
+            s.da[h] = (dt * self.a[h]).exp();
         }
+        // Heads are independent: a few heads per task, each head's state read and written once.
+        let per = nh.div_ceil(4 * cx.pool.threads()).max(1);
+        let (dts, das, x, b, cc) = (&s.dt[..nh], &s.da[..nh], &*x, &*b, &*cc);
+        cx.pool.for_chunks_mut2(
+            &mut st.ssm[..nh * p * n],
+            per * p * n,
+            y_row,
+            per * p,
+            &|t, states, ys| {
+                for (k, (hs, y)) in states.chunks_exact_mut(p * n).zip(ys.chunks_exact_mut(p)).enumerate() {
+                    let h = t * per + k;
+                    let g = h / heads_per_group;
+                    ssm::ssd_step(
+                        hs,
+                        &x[h * p..(h + 1) * p],
+                        &b[g * n..(g + 1) * n],
+                        &cc[g * n..(g + 1) * n],
+                        dts[h],
+                        das[h],
+                        self.d[h],
+                        y,
+                    );
+                }
+            },
+        );
         self.gate_norm_out(cx, y_row, z, out);
     }
 
