@@ -71,6 +71,6 @@ impl Ctx<'_> {
             return cheems_kernels::matmul::matmul_gemm(&m, xs, ys, self.tmp, self.pool);
         }
         self.acts.quantize_for(w.ty, xs, w.cols);
-        cheems_kernels::matmul::matmul(&m, self.acts, xs, ys, self.tmp, self.pool);
+        cheems_kernels::matmul::matmul(&m, self.acts, xs, ys, self.pool);
     }
 }

@@ -247,6 +247,15 @@ pub(crate) struct ActView<'a> {
 pub(crate) type RowsFn =
     unsafe fn(rows: &[u8], row_bytes: usize, act: &ActView<'_>, out: &mut [f32]);
 
+/// Products of a block of weight rows with a few activations (prefill's tiles):
+/// `out[t * ld + r] = row_r · act_t` for every row `r` of `rows` and every `t < acts.len()`.
+///
+/// # Safety
+/// As [`RowsFn`] for each of `acts` (all of the same length), and `out`
+/// is valid for writes at every index `t * ld + r`.
+pub(crate) type MmFn =
+    unsafe fn(rows: &[u8], row_bytes: usize, acts: &[ActView<'_>], out: *mut f32, ld: usize);
+
 /// The buffers of a Q8_0/Q8_1 activation: the ggml blocks and the kernels' side arrays
 /// (see [`ActView`]).
 #[derive(Debug)]
@@ -289,6 +298,9 @@ pub(crate) struct Table {
     pub q4_k: RowsFn,
     pub q5_k: RowsFn,
     pub q6_k: RowsFn,
+    /// Tile kernels of the prefill products (`None`: the row kernels, one activation at a time).
+    pub q4_0_mm: Option<MmFn>,
+    pub q8_0_mm: Option<MmFn>,
 }
 
 impl Table {
@@ -309,6 +321,17 @@ impl Table {
             T::Q6_K => self.q6_k,
             _ => return None,
         })
+    }
+}
+
+impl Table {
+    /// The tile kernel for weights of type `ty`, if the level has one.
+    pub fn mm(&self, ty: GgmlType) -> Option<MmFn> {
+        match ty {
+            GgmlType::Q4_0 => self.q4_0_mm,
+            GgmlType::Q8_0 => self.q8_0_mm,
+            _ => None,
+        }
     }
 }
 

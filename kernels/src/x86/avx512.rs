@@ -178,6 +178,221 @@ pair_kernel!(
 rows_fn!(q4_0_rows, q4_0_z, 4, 32);
 rows_fn!(q8_0_rows, q8_0_z, 4, 32);
 
+/// The prefill tiles of Q4_0 and Q8_0 ([`crate::dispatch::MmFn`]), packed on the fly: a panel of
+/// [`PANEL`] weight rows is repacked once into a per-task buffer, per block eight groups of four
+/// quants of every row side by side (`[8][16 rows][4]` unsigned bytes) and the rows' scales as
+/// f32; then every activation runs over it. One `vpdpbusd` with four quants of the activation
+/// broadcast does four multiply-adds for each of the 16 rows, so a block's integer sums of 16 rows
+/// end up in the 16 lanes of one register, and the float step (convert, scale, accumulate) is
+/// done once per block for 16 rows instead of once per row. The offsets of the unsigned quants
+/// (+128 for Q8_0, +8 for Q4_0) times the activation block's sum seed the integer accumulator.
+/// Panels longer than [`SEG_BLOCKS`] blocks run in segments, the later ones adding to `out`.
+const PANEL: usize = 16;
+/// Blocks of a panel packed at a time. A packed block is nine vectors: 8 groups of 64 quant
+/// bytes, then 16 f32 scales; the buffer is `SEG_BLOCKS · 576` bytes on the stack.
+const SEG_BLOCKS: usize = 64;
+
+/// Packs blocks `b0..b0 + nb` of the rows at `p` (`n ≤ 16` rows; the others are zeros).
+///
+/// # Safety
+/// Each `p[r]` for `r < n` points at a row of at least `b0 + nb` blocks of `bs` bytes (Q4_0 when
+/// `Q4`, else Q8_0); `buf` holds `nb` packed blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn pack_panel<const Q4: bool>(
+    p: &[*const u8; PANEL],
+    n: usize,
+    b0: usize,
+    nb: usize,
+    words: &mut [u32],
+) {
+    let bs = if Q4 { 18 } else { 34 };
+    for r in 0..PANEL {
+        for k in 0..nb {
+            let w = &mut words[144 * k..144 * (k + 1)];
+            if r >= n {
+                for g in 0..8 {
+                    w[16 * g + r] = 0;
+                }
+                w[128 + r] = 0;
+                continue;
+            }
+            // SAFETY: block `b0 + k` of row `r < n` is in bounds (caller).
+            unsafe {
+                let base = p[r].add(bs * (b0 + k));
+                w[128 + r] = u32::from(base.cast::<u16>().read_unaligned());
+                if Q4 {
+                    for g in 0..4 {
+                        let v = crate::x86::rd32(base.add(2 + 4 * g));
+                        w[16 * g + r] = v & 0x0f0f_0f0f;
+                        w[16 * (g + 4) + r] = (v >> 4) & 0x0f0f_0f0f;
+                    }
+                } else {
+                    for g in 0..8 {
+                        w[16 * g + r] = crate::x86::rd32(base.add(2 + 4 * g)) ^ 0x8080_8080;
+                    }
+                }
+            }
+        }
+    }
+    // The scales, stored as f16 bits in the low halves of the ninth vector: to f32.
+    for blk in words.chunks_exact_mut(144).take(nb) {
+        // SAFETY: words `128..144` of the block are in bounds.
+        unsafe {
+            let h = _mm512_cvtepi32_epi16(_mm512_loadu_si512(blk.as_ptr().add(128).cast()));
+            _mm512_storeu_ps(blk.as_mut_ptr().add(128).cast(), _mm512_cvtph_ps(h));
+        }
+    }
+}
+
+/// The 16 rows of a packed segment times activations `t..t + T` over its `nb` blocks starting at
+/// block `b0`; adds to `out` when `add`.
+///
+/// # Safety
+/// `buf` holds `nb` packed blocks; each activation holds at least `b0 + nb` blocks; the outputs
+/// `(t + k) * ld + r` for `r < rows` are writable.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_tokens<const T: usize, const OFFSET: i32>(
+    buf: &[u32],
+    nb: usize,
+    b0: usize,
+    acts: &[ActView<'_>],
+    t: usize,
+    out: *mut f32,
+    ld: usize,
+    rows: usize,
+    add: bool,
+) {
+    let Ok(a) = <&[ActView<'_>; T]>::try_from(&acts[t..t + T]) else {
+        return;
+    };
+    let mut acc = [_mm512_setzero_ps(); T];
+    let qp: [*const i8; T] = core::array::from_fn(|i| a[i].q.as_ptr().wrapping_add(32 * b0));
+    let dp: [*const f32; T] = core::array::from_fn(|i| a[i].d.as_ptr().wrapping_add(b0));
+    let sp: [*const f32; T] = core::array::from_fn(|i| a[i].nsum.as_ptr().wrapping_add(b0));
+    for (k, blk) in buf.chunks_exact(144).take(nb).enumerate() {
+        // SAFETY: block `b0 + k` of every activation is in bounds (caller); the packed block
+        // holds 144 words, 64-byte aligned.
+        unsafe {
+            let mut sums: [__m512i; T] =
+                core::array::from_fn(|i| _mm512_set1_epi32(*sp[i].add(k) as i32 * OFFSET));
+            for g in 0..8 {
+                let x = _mm512_load_si512(blk.as_ptr().add(16 * g).cast());
+                for i in 0..T {
+                    let y = _mm512_set1_epi32(
+                        qp[i].add(32 * k + 4 * g).cast::<i32>().read_unaligned(),
+                    );
+                    sums[i] = _mm512_dpbusd_epi32(sums[i], x, y);
+                }
+            }
+            let dw = _mm512_load_ps(blk.as_ptr().add(128).cast());
+            for i in 0..T {
+                let sc = _mm512_mul_ps(dw, _mm512_set1_ps(*dp[i].add(k)));
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[i]), sc, acc[i]);
+            }
+        }
+    }
+    let m: __mmask16 = if rows >= 16 { !0 } else { (1u16 << rows) - 1 };
+    for (i, &v) in acc.iter().enumerate() {
+        // SAFETY: the `rows` outputs of activation `t + i` are writable (caller); masked-off
+        // lanes are not accessed.
+        unsafe {
+            let o = out.add((t + i) * ld);
+            let v = if add {
+                _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o))
+            } else {
+                v
+            };
+            _mm512_mask_storeu_ps(o, m, v);
+        }
+    }
+}
+
+/// The tile kernel of Q4_0 (`Q4`) or Q8_0 weights.
+///
+/// # Safety
+/// The [`crate::dispatch::MmFn`] contract.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn mm_packed<const Q4: bool>(
+    rows: &[u8],
+    rb: usize,
+    acts: &[ActView<'_>],
+    out: *mut f32,
+    ld: usize,
+) {
+    let Some(first) = acts.first() else { return };
+    let nb_all = first.n / 32;
+    let n_rows = rows.len() / rb.max(1);
+    /// The packed segment, 64-byte aligned.
+    #[repr(align(64))]
+    struct Packed([u32; SEG_BLOCKS * 144]);
+    let mut packed = Packed([0; SEG_BLOCKS * 144]);
+    let buf = &mut packed.0;
+    let base = rows.as_ptr();
+    let mut r0 = 0;
+    while r0 < n_rows {
+        let nr = PANEL.min(n_rows - r0);
+        let p: [*const u8; PANEL] =
+            core::array::from_fn(|k| base.wrapping_add((r0 + k.min(nr - 1)) * rb));
+        let mut b0 = 0;
+        while b0 < nb_all {
+            let nb = SEG_BLOCKS.min(nb_all - b0);
+            // SAFETY: rows `r0..r0 + nr` hold `nb_all` blocks each (caller); `buf` has room
+            // for `SEG_BLOCKS` packed blocks.
+            unsafe { pack_panel::<Q4>(&p, nr, b0, nb, buf) };
+            let mut t = 0;
+            while t < acts.len() {
+                let tn = (acts.len() - t).min(8);
+                let o = out.wrapping_add(r0);
+                let add = b0 > 0;
+                // SAFETY: forwarded; activations `t..t + tn` exist, the outputs
+                // `(t + k) * ld + r0 + r` for `r < nr` are writable (caller).
+                unsafe {
+                    macro_rules! go {
+                        ($($n:literal),*) => {
+                            match tn {
+                                $($n => if Q4 {
+                                    panel_tokens::<$n, 8>(buf, nb, b0, acts, t, o, ld, nr, add)
+                                } else {
+                                    panel_tokens::<$n, 128>(buf, nb, b0, acts, t, o, ld, nr, add)
+                                },)*
+                                _ => {}
+                            }
+                        };
+                    }
+                    go!(1, 2, 3, 4, 5, 6, 7, 8);
+                }
+                t += tn;
+            }
+            b0 += nb;
+        }
+        r0 += nr;
+    }
+}
+
+/// Q4_0 tile kernel (see [`mm_packed`]).
+///
+/// # Safety
+/// The [`crate::dispatch::MmFn`] contract.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_0_mm(rows: &[u8], rb: usize, acts: &[ActView<'_>], out: *mut f32, ld: usize) {
+    // SAFETY: forwarded.
+    unsafe { mm_packed::<true>(rows, rb, acts, out, ld) }
+}
+
+/// Q8_0 tile kernel (see [`mm_packed`]).
+///
+/// # Safety
+/// The [`crate::dispatch::MmFn`] contract.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q8_0_mm(rows: &[u8], rb: usize, acts: &[ActView<'_>], out: *mut f32, ld: usize) {
+    // SAFETY: forwarded.
+    unsafe { mm_packed::<false>(rows, rb, acts, out, ld) }
+}
+
 /// Float rows times the f32 activation, `R` rows at a time, 32 values per step, the tail
 /// through masked loads.
 macro_rules! float_kernel {
@@ -286,4 +501,6 @@ pub(crate) static TABLE: Table = Table {
     q4_k: q4_k_rows,
     q5_k: q5_k_rows,
     q6_k: q6_k_rows,
+    q4_0_mm: Some(q4_0_mm),
+    q8_0_mm: Some(q8_0_mm),
 };
