@@ -223,18 +223,14 @@ pub fn matmul_at(
                 // prepared for them, `table` hands out only supported levels, and the outputs
                 // `(t0 + t) * rows + r0 + r` lie in `ys` (`ys.len() >= n * rows`), written by
                 // this task only (its rows).
-                Some(mm) => unsafe {
-                    mm(bytes, rb, &views[..tn], dst.0.add(t0 * rows + r0), rows)
-                },
+                Some(mm) => unsafe { mm(bytes, rb, &views[..tn], dst.0.add(t0 * rows + r0), rows) },
                 None => {
                     for (t, v) in views.iter().enumerate().take(tn) {
                         // SAFETY: as above; the output row segment `r0..r0 + nr` of token
                         // `t0 + t` is this task's alone.
                         unsafe {
-                            let out = std::slice::from_raw_parts_mut(
-                                dst.0.add((t0 + t) * rows + r0),
-                                nr,
-                            );
+                            let out =
+                                std::slice::from_raw_parts_mut(dst.0.add((t0 + t) * rows + r0), nr);
                             kernel(bytes, rb, v, out);
                         }
                     }

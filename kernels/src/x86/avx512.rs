@@ -281,9 +281,8 @@ unsafe fn panel_tokens<const T: usize, const OFFSET: i32>(
             for g in 0..8 {
                 let x = _mm512_load_si512(blk.as_ptr().add(16 * g).cast());
                 for i in 0..T {
-                    let y = _mm512_set1_epi32(
-                        qp[i].add(32 * k + 4 * g).cast::<i32>().read_unaligned(),
-                    );
+                    let y =
+                        _mm512_set1_epi32(qp[i].add(32 * k + 4 * g).cast::<i32>().read_unaligned());
                     sums[i] = _mm512_dpbusd_epi32(sums[i], x, y);
                 }
             }
