@@ -256,6 +256,24 @@ pub(crate) type RowsFn =
 pub(crate) type MmFn =
     unsafe fn(rows: &[u8], row_bytes: usize, acts: &[ActView<'_>], out: *mut f32, ld: usize);
 
+/// Products of a block of F16 weight rows with a batch of f32 activations held transposed
+/// (`xt[k][t]` for `t` padded to a multiple of 16 with zeros: value `k` of activation `t` at
+/// `xt[k · n.next_multiple_of(16) + t]`): `out[t * ld + r] = row_r · x_t` for `t < n`.
+///
+/// # Safety
+/// `rows` holds whole rows of `cols` F16 values (`row_bytes = 2·cols`), `xt` holds
+/// `cols · n.next_multiple_of(16)` floats, and `out` is valid for writes at every index
+/// `t * ld + r`.
+pub(crate) type F16MmFn = unsafe fn(
+    rows: &[u8],
+    row_bytes: usize,
+    xt: &[f32],
+    cols: usize,
+    n: usize,
+    out: *mut f32,
+    ld: usize,
+);
+
 /// The buffers of a Q8_0/Q8_1 activation: the ggml blocks and the kernels' side arrays
 /// (see [`ActView`]).
 #[derive(Debug)]
@@ -301,6 +319,7 @@ pub(crate) struct Table {
     /// Tile kernels of the prefill products (`None`: the row kernels, one activation at a time).
     pub q4_0_mm: Option<MmFn>,
     pub q8_0_mm: Option<MmFn>,
+    pub f16_mm: Option<F16MmFn>,
 }
 
 impl Table {

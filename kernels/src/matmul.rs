@@ -145,6 +145,89 @@ pub fn matmul_gemm(w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], tmp: &mut [f32], 
     );
 }
 
+/// Whether [`matmul_f16`] takes a batch of `n` rows of `w` (F16 weights, a level with an F16
+/// tile kernel, `tmp_len` values of scratch).
+pub fn use_f16_mm(w: &MatRef<'_>, n: usize, tmp_len: usize) -> bool {
+    w.ty == GgmlType::F16
+        && n >= GEMM_MIN
+        && tmp_len >= n.next_multiple_of(16) * w.cols
+        && dispatch::table(dispatch::level()).is_some_and(|t| t.f16_mm.is_some())
+}
+
+/// `ys[t] = W xs[t]` for F16 weights: the activations transposed into `tmp` (`[cols][n]`, `n`
+/// padded to a multiple of 16: `n.next_multiple_of(16) · cols` values), each task a range of weight rows converted to f32
+/// a few rows at a time and multiplied with every group (see the level's F16 kernel).
+pub fn matmul_f16(w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], tmp: &mut [f32], pool: &Pool) {
+    matmul_f16_at(dispatch::level(), w, xs, ys, tmp, pool);
+}
+
+/// [`matmul_f16`] at a given level; a level without the kernel, or mismatched shapes, fill `ys`
+/// with NaN.
+pub fn matmul_f16_at(
+    level: Level,
+    w: &MatRef<'_>,
+    xs: &[f32],
+    ys: &mut [f32],
+    tmp: &mut [f32],
+    pool: &Pool,
+) {
+    let (cols, rows) = (w.cols, w.rows);
+    let n = xs.len() / cols.max(1);
+    let rb = w.row_bytes();
+    let groups = n.div_ceil(16);
+    let kernel = dispatch::table(level).and_then(|t| t.f16_mm);
+    let shapes_ok = w.ty == GgmlType::F16
+        && xs.len() == n * cols
+        && ys.len() >= n * rows
+        && tmp.len() >= groups * 16 * cols
+        && rows.checked_mul(rb).is_some_and(|b| b <= w.data.len());
+    let (Some(kernel), true) = (kernel, shapes_ok) else {
+        ys.fill(f32::NAN);
+        return;
+    };
+    if n == 0 || rows == 0 || cols == 0 {
+        ys[..n * rows].fill(0.0);
+        return;
+    }
+    let np = groups * 16;
+    let xt = &mut tmp[..np * cols];
+    for t in 0..np {
+        if t < n {
+            for (k, &v) in xs[t * cols..(t + 1) * cols].iter().enumerate() {
+                xt[k * np + t] = v;
+            }
+        } else {
+            for k in 0..cols {
+                xt[k * np + t] = 0.0;
+            }
+        }
+    }
+    let xt = &*xt;
+    let chunk = (rows / (4 * pool.threads()))
+        .clamp(6, 120)
+        .next_multiple_of(6);
+    let dst = Dst(ys.as_mut_ptr());
+    let dst = &dst;
+    pool.run(rows.div_ceil(chunk), &|c| {
+        let r0 = c * chunk;
+        let nr = chunk.min(rows - r0);
+        // SAFETY: the rows `r0..r0 + nr` are whole F16 rows of `cols` values, `xt` holds the
+        // groups, and the outputs `t * rows + r0 + r` lie in `ys` (`ys.len() >= n * rows`),
+        // written by this task only (its rows); `table` hands out only supported levels.
+        unsafe {
+            kernel(
+                &w.data[r0 * rb..(r0 + nr) * rb],
+                rb,
+                xt,
+                cols,
+                n,
+                dst.0.add(r0),
+                rows,
+            )
+        };
+    });
+}
+
 /// `ys[t] = W xs[t]` for the `n` rows of `xs` (`[n][cols]`) into `ys` (`[n][rows]`) with integer
 /// dot products: `acts` must hold `xs` converted for `w.ty`. Each task takes a range of weight
 /// rows (small enough to stay in cache) and runs it against every activation, four at a time,
@@ -331,6 +414,50 @@ mod tests {
                                 );
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The F16 kernel against the scalar row dots, at every level that has it; row counts off
+    /// the register blocks, batches off the groups of 16, rows longer than a segment.
+    #[test]
+    fn f16_tiles_match_the_scalar_dots() {
+        let pool = Pool::new(2).unwrap();
+        for (rows, cols, n) in [(13, 64, 8), (70, 256, 17), (7, 1040, 33), (12, 16, 16)] {
+            let (xs, wf) = random_inputs((rows * 7 + n) as u64, n * cols, rows * cols);
+            let data = quantize_rows(GgmlType::F16, &wf, cols);
+            let w = MatRef {
+                ty: GgmlType::F16,
+                rows,
+                cols,
+                data: &data,
+            };
+            for level in crate::dispatch::available_levels() {
+                if crate::dispatch::table(level).is_none_or(|t| t.f16_mm.is_none()) {
+                    continue;
+                }
+                let mut ys = vec![0f32; n * rows];
+                let mut tmp = vec![0f32; n.next_multiple_of(16) * cols];
+                matmul_f16_at(level, &w, &xs, &mut ys, &mut tmp, &pool);
+                let act = Activation::with_capacity(cols);
+                for t in 0..n {
+                    let x = &xs[t * cols..(t + 1) * cols];
+                    let mut y = vec![0f32; rows];
+                    crate::matvec::matvec_at(Level::Scalar, &w, &act, x, &mut y, &pool);
+                    for r in 0..rows {
+                        let mag: f32 = x
+                            .iter()
+                            .zip(&wf[r * cols..(r + 1) * cols])
+                            .map(|(a, b)| (a * b).abs())
+                            .sum();
+                        let got = ys[t * rows + r];
+                        assert!(
+                            (got - y[r]).abs() <= 1e-5 * mag.max(1.0),
+                            "{level} {rows}x{cols} n {n} token {t} row {r}: {got} vs {}",
+                            y[r]
+                        );
                     }
                 }
             }

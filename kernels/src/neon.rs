@@ -247,4 +247,5 @@ pub(crate) static TABLE: Table = Table {
     q6_k: scalar::q6_k_rows,
     q4_0_mm: None,
     q8_0_mm: None,
+    f16_mm: None,
 };

@@ -202,6 +202,9 @@ impl Pool {
     }
 }
 
+/// The task of [`Pool::for_chunks_mut2`]: a chunk index and the two chunks.
+pub type Chunks2Fn<'a, T, U> = dyn Fn(usize, &mut [T], &mut [U]) + Sync + 'a;
+
 impl Pool {
     /// Splits `a` into chunks of `chunk_a` elements and `b` into chunks of `chunk_b`, and calls
     /// `f(index, a_chunk, b_chunk)` for each index, spread over the pool. The number of chunks
@@ -212,7 +215,7 @@ impl Pool {
         chunk_a: usize,
         b: &mut [U],
         chunk_b: usize,
-        f: &(dyn Fn(usize, &mut [T], &mut [U]) + Sync),
+        f: &Chunks2Fn<'_, T, U>,
     ) {
         let (chunk_a, chunk_b) = (chunk_a.max(1), chunk_b.max(1));
         let n = a.len().div_ceil(chunk_a);

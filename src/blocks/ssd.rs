@@ -181,8 +181,8 @@ impl Ssd {
         let y_row = &mut s.y[..di];
         let heads_per_group = c.n_heads / c.n_groups;
         let nh = c.n_heads;
-        for h in 0..nh {
-            let dt = crate::blocks::dma::softplus(dt_raw[h] + self.dt_bias[h]);
+        for (h, &raw) in dt_raw.iter().enumerate().take(nh) {
+            let dt = crate::blocks::dma::softplus(raw + self.dt_bias[h]);
             s.dt[h] = dt;
             s.da[h] = (dt * self.a[h]).exp();
         }

@@ -392,6 +392,190 @@ unsafe fn q8_0_mm(rows: &[u8], rb: usize, acts: &[ActView<'_>], out: *mut f32, l
     unsafe { mm_packed::<false>(rows, rb, acts, out, ld) }
 }
 
+/// F16 rows per register block of the F16 prefill kernel.
+const F16_RB: usize = 3;
+/// Values of a row converted to f32 at a time (the per-task buffer is `F16_RB · F16_SEG`).
+const F16_SEG: usize = 2048;
+
+/// `F16_RB` (or `RB`) converted rows times token groups `g0..g0 + TG` over values `k0..k0 + kn`
+/// of the segment: 16 tokens per register, the weights broadcast one value at a time.
+///
+/// # Safety
+/// `wf` holds `RB` rows of `kn` floats (`F16_SEG` apart); `xt` holds `cols × groups × 16`
+/// floats (see [`crate::dispatch::F16MmFn`]); `k0 + kn <= cols`, `g0 + TG <= groups`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn f16_block<const RB: usize, const TG: usize>(
+    wf: *const f32,
+    xt: *const f32,
+    groups: usize,
+    g0: usize,
+    k0: usize,
+    kn: usize,
+) -> [[__m512; TG]; RB] {
+    let mut acc = [[_mm512_setzero_ps(); TG]; RB];
+    // SAFETY: the indices stay inside the buffers (caller).
+    unsafe {
+        let stride = 16 * groups;
+        let xg: [*const f32; TG] = core::array::from_fn(|g| xt.add(k0 * stride + (g0 + g) * 16));
+        for k in 0..kn {
+            let xv: [__m512; TG] = core::array::from_fn(|g| _mm512_loadu_ps(xg[g].add(stride * k)));
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*wf.add(r * F16_SEG + k));
+                for (a, &x) in ar.iter_mut().zip(&xv) {
+                    *a = _mm512_fmadd_ps(w, x, *a);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// The F16 prefill kernel ([`crate::dispatch::F16MmFn`]): per block of [`F16_RB`] rows, segments
+/// of [`F16_SEG`] values converted to f32 (F16C) into a stack buffer, then two token groups at a
+/// time; each register holds one row's products with 16 activations, scattered to `out` at the
+/// end (the first segment stores, later ones add).
+///
+/// # Safety
+/// The [`crate::dispatch::F16MmFn`] contract.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f16_mm(
+    rows: &[u8],
+    rb: usize,
+    xt: &[f32],
+    cols: usize,
+    n: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    /// Rows `r0..r0 + RB` (converted in `wf`) times every group over the segment `k0..k0 + kn`.
+    ///
+    /// # Safety
+    /// As the caller's.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_block<const RB: usize>(
+        wf: *const f32,
+        xt: *const f32,
+        _cols: usize,
+        n: usize,
+        k0: usize,
+        kn: usize,
+        out: *mut f32,
+        ld: usize,
+        r0: usize,
+    ) {
+        let groups = n.div_ceil(16);
+        let index = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(ld as i32),
+        );
+        let mut g = 0;
+        while g < groups {
+            let tg = match groups - g {
+                1 => 1,
+                2 | 3 => 2,
+                _ => 4,
+            };
+            let (acc4, acc2, acc1);
+            let accs: &[[__m512; 4]] = match tg {
+                4 => {
+                    // SAFETY: forwarded; groups `g..g + 4` exist.
+                    acc4 = unsafe { f16_block::<RB, 4>(wf, xt, groups, g, k0, kn) };
+                    &acc4
+                }
+                2 => {
+                    // SAFETY: forwarded; groups `g..g + 2` exist.
+                    acc2 = unsafe { f16_block::<RB, 2>(wf, xt, groups, g, k0, kn) }
+                        .map(|a| [a[0], a[1], _mm512_setzero_ps(), _mm512_setzero_ps()]);
+                    &acc2
+                }
+                _ => {
+                    // SAFETY: forwarded; group `g` exists.
+                    acc1 = unsafe { f16_block::<RB, 1>(wf, xt, groups, g, k0, kn) }.map(|a| {
+                        [
+                            a[0],
+                            _mm512_setzero_ps(),
+                            _mm512_setzero_ps(),
+                            _mm512_setzero_ps(),
+                        ]
+                    });
+                    &acc1
+                }
+            };
+            for (r, a) in accs.iter().enumerate() {
+                for (gi, &v) in a.iter().enumerate().take(tg) {
+                    let t0 = 16 * (g + gi);
+                    let m: __mmask16 = if n - t0 >= 16 {
+                        !0
+                    } else {
+                        (1u16 << (n - t0)) - 1
+                    };
+                    // SAFETY: outputs `t * ld + r0 + r` for the tokens `t < n` in the mask are
+                    // writable (caller); masked-off lanes are not accessed.
+                    unsafe {
+                        let base = out.add(t0 * ld + r0 + r);
+                        let v = if k0 > 0 {
+                            _mm512_add_ps(
+                                v,
+                                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, index, base),
+                            )
+                        } else {
+                            v
+                        };
+                        _mm512_mask_i32scatter_ps::<4>(base, m, index, v);
+                    }
+                }
+            }
+            g += tg;
+        }
+    }
+    #[repr(align(64))]
+    struct Buf([f32; F16_RB * F16_SEG]);
+    let mut buf = Buf([0.0; F16_RB * F16_SEG]);
+    let wf = &mut buf.0;
+    let n_rows = rows.len() / rb.max(1);
+    let base = rows.as_ptr();
+    let mut r0 = 0;
+    while r0 < n_rows {
+        let nr = F16_RB.min(n_rows - r0);
+        let mut k0 = 0;
+        while k0 < cols {
+            let kn = F16_SEG.min(cols - k0);
+            for r in 0..nr {
+                // SAFETY: row `r0 + r` holds `cols` f16 (caller); `wf` row `r` holds `F16_SEG`.
+                unsafe {
+                    let src = base.add((r0 + r) * rb + 2 * k0).cast::<u16>();
+                    let dst = wf.as_mut_ptr().add(r * F16_SEG);
+                    let mut k = 0;
+                    while k < kn {
+                        let m: __mmask16 = if kn - k >= 16 {
+                            !0
+                        } else {
+                            (1u16 << (kn - k)) - 1
+                        };
+                        let h = _mm256_maskz_loadu_epi16(m, src.add(k).cast());
+                        _mm512_mask_storeu_ps(dst.add(k), m, _mm512_cvtph_ps(h));
+                        k += 16;
+                    }
+                }
+            }
+            // SAFETY: forwarded; rows `r0..r0 + nr` are converted in `wf`.
+            unsafe {
+                let (w, x) = (wf.as_ptr(), xt.as_ptr());
+                match nr {
+                    3 => rows_block::<3>(w, x, cols, n, k0, kn, out, ld, r0),
+                    2 => rows_block::<2>(w, x, cols, n, k0, kn, out, ld, r0),
+                    _ => rows_block::<1>(w, x, cols, n, k0, kn, out, ld, r0),
+                }
+            }
+            k0 += kn;
+        }
+        r0 += nr;
+    }
+}
+
 /// Float rows times the f32 activation, `R` rows at a time, 32 values per step, the tail
 /// through masked loads.
 macro_rules! float_kernel {
@@ -502,4 +686,5 @@ pub(crate) static TABLE: Table = Table {
     q6_k: q6_k_rows,
     q4_0_mm: Some(q4_0_mm),
     q8_0_mm: Some(q8_0_mm),
+    f16_mm: Some(f16_mm),
 };

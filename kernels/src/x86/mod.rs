@@ -117,13 +117,11 @@ pub(crate) unsafe fn one_bf16(p: *const u8, i: usize) -> f32 {
 
 /// Bytes between the end of the rows being dotted and the prefetch position.
 pub(crate) const PF_AHEAD: usize = 8192;
-const NO_PF: bool = false;
 
 /// Prefetches the cache lines covering `bytes + 64` bytes from `p` (weights streaming from
 /// memory: a kernel working on a group of rows prefetches the next group at the same pace).
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8, bytes: usize) {
-    if NO_PF { return; }
     let mut o = 0;
     while o <= bytes {
         // SAFETY: a prefetch never faults, whatever the address.
@@ -176,6 +174,8 @@ macro_rules! drive_rows {
         let base = $rows.as_ptr();
         let nb: usize = $nb;
         let n = $out.len();
+        // The first stretch of the rows, which the running prefetch starts beyond.
+        crate::x86::prefetch(base, crate::x86::PF_AHEAD.min($rows.len()));
         let mut i = 0;
         while i + $r <= n {
             let p: [*const u8; $r] = core::array::from_fn(|k| base.wrapping_add((i + k) * $rb));
