@@ -1,6 +1,8 @@
 //! f32 vector kernels at the active level: `dot` (query · key) and `axpy` (`y += a·x`, weights
 //! times values) for attention over the KV cache, and SiLU (`silu_inplace`, `silu_mul`: the
-//! gates of the MLP and of the SSD mixer, the SSD conv's activation).
+//! gates of the MLP and of the SSD mixer, the SSD conv's activation); and the attention loops
+//! over strided cache rows, `dot_rows` (a query against every key) and `sum_rows` (the weighted
+//! sum of the values), which keep the query or the output in registers.
 //!
 //! The fast paths are the same chunked loop compiled with the level's features enabled
 //! (`#[target_feature]`), which the compiler turns into 8- (AVX2) or 16-lane (AVX-512) vector code
@@ -9,6 +11,107 @@
 //! rounding (the parity suite checks a relative bound); `axpy` is exact per element.
 
 use crate::dispatch::{level, Level};
+
+/// Reference: `out[j] = scale · (q · rows[j])`, row `j` at `base[j · stride..][..q.len()]`.
+pub fn dot_rows_ref(q: &[f32], base: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_ref(q, &base[j * stride..j * stride + q.len()]) * scale;
+    }
+}
+
+/// Reference: `out = Σ_j w[j] · rows[j]`, row `j` at `base[j · stride..][..out.len()]`.
+pub fn sum_rows_ref(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let d = out.len();
+    for (j, &a) in w.iter().enumerate() {
+        axpy_ref(a, &base[j * stride..j * stride + d], out);
+    }
+}
+
+/// The sum of 16 lanes as a tree of pairwise sums (vector halves added, not a serial chain).
+#[inline(always)]
+fn tree_sum16(a: &[f32; 16]) -> f32 {
+    let h: [f32; 8] = core::array::from_fn(|i| a[i] + a[i + 8]);
+    let q: [f32; 4] = core::array::from_fn(|i| h[i] + h[i + 4]);
+    let p: [f32; 2] = core::array::from_fn(|i| q[i] + q[i + 2]);
+    p[0] + p[1]
+}
+
+/// `dot_rows` for rows of exactly `D` values, the query held in registers.
+#[inline(always)]
+fn dot_rows_d<const D: usize>(
+    q: &[f32; D],
+    base: &[f32],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let Some(k) = base.get(j * stride..).and_then(|r| r.first_chunk::<D>()) else {
+            *o = f32::NAN; // unreachable: the caller checked the extent
+            continue;
+        };
+        let mut acc = [0f32; 16];
+        for c in 0..D / 16 {
+            for i in 0..16 {
+                acc[i] = k[16 * c + i].mul_add(q[16 * c + i], acc[i]);
+            }
+        }
+        *o = tree_sum16(&acc) * scale;
+    }
+}
+
+/// `sum_rows` for rows of exactly `D` values, the output held in registers.
+#[inline(always)]
+fn sum_rows_d<const D: usize>(w: &[f32], base: &[f32], stride: usize, out: &mut [f32; D]) {
+    let mut acc = [0f32; D];
+    for (j, &a) in w.iter().enumerate() {
+        let Some(v) = base.get(j * stride..).and_then(|r| r.first_chunk::<D>()) else {
+            continue; // unreachable: the caller checked the extent
+        };
+        for i in 0..D {
+            acc[i] = a.mul_add(v[i], acc[i]);
+        }
+    }
+    *out = acc;
+}
+
+#[inline(always)]
+fn dot_rows_lanes(q: &[f32], base: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let rows = out.len();
+    if rows > 0 && (rows - 1) * stride + d > base.len() {
+        return dot_rows_ref(q, base, stride, scale, out);
+    }
+    if let Some(q) = q.first_chunk::<64>().filter(|_| d == 64) {
+        dot_rows_d::<64>(q, base, stride, scale, out)
+    } else if let Some(q) = q.first_chunk::<128>().filter(|_| d == 128) {
+        dot_rows_d::<128>(q, base, stride, scale, out)
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot_lanes::<16>(q, &base[j * stride..j * stride + d]) * scale;
+        }
+    }
+}
+
+#[inline(always)]
+fn sum_rows_lanes(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    let rows = w.len();
+    if rows > 0 && (rows - 1) * stride + d > base.len() {
+        return sum_rows_ref(w, base, stride, out);
+    }
+    if let Some(o) = out.first_chunk_mut::<64>().filter(|_| d == 64) {
+        sum_rows_d::<64>(w, base, stride, o)
+    } else if let Some(o) = out.first_chunk_mut::<128>().filter(|_| d == 128) {
+        sum_rows_d::<128>(w, base, stride, o)
+    } else {
+        out.fill(0.0);
+        for (j, &a) in w.iter().enumerate() {
+            axpy_lanes(a, &base[j * stride..j * stride + d], out);
+        }
+    }
+}
 
 /// Reference SiLU: `x / (1 + exp(-x))` with libm's `exp`.
 #[inline]
@@ -115,6 +218,46 @@ mod x86 {
 
     /// # Safety
     /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn dot_rows_avx512(
+        q: &[f32],
+        base: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        super::dot_rows_lanes(q, base, stride, scale, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn sum_rows_avx512(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+        super::sum_rows_lanes(w, base, stride, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows_avx2(
+        q: &[f32],
+        base: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        super::dot_rows_lanes(q, base, stride, scale, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sum_rows_avx2(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+        super::sum_rows_lanes(w, base, stride, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn silu_inplace_avx512(x: &mut [f32]) {
         super::silu_inplace_lanes(x)
@@ -199,6 +342,59 @@ pub fn silu_mul_at(lvl: Level, y: &mut [f32], z: &[f32]) {
         Level::Neon => silu_mul_lanes(y, z),
         _ => y.iter_mut().zip(z).for_each(|(a, &b)| *a *= silu_ref(b)),
     }
+}
+
+/// `out[j] = scale · (q · rows[j])` for `out.len()` rows at `base[j · stride..]`, at `lvl`.
+pub fn dot_rows_at(
+    lvl: Level,
+    q: &[f32],
+    base: &[f32],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe {
+            x86::dot_rows_avx512(q, base, stride, scale, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe {
+            x86::dot_rows_avx2(q, base, stride, scale, out)
+        },
+        Level::Neon => dot_rows_lanes(q, base, stride, scale, out),
+        _ => dot_rows_ref(q, base, stride, scale, out),
+    }
+}
+
+/// `out = Σ_j w[j] · rows[j]` for `w.len()` rows at `base[j · stride..]`, at `lvl`.
+pub fn sum_rows_at(lvl: Level, w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe {
+            x86::sum_rows_avx512(w, base, stride, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe { x86::sum_rows_avx2(w, base, stride, out) },
+        Level::Neon => sum_rows_lanes(w, base, stride, out),
+        _ => sum_rows_ref(w, base, stride, out),
+    }
+}
+
+/// [`dot_rows_at`] at the active level.
+#[inline]
+pub fn dot_rows(q: &[f32], base: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    dot_rows_at(level(), q, base, stride, scale, out)
+}
+
+/// [`sum_rows_at`] at the active level.
+#[inline]
+pub fn sum_rows(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    sum_rows_at(level(), w, base, stride, out)
 }
 
 /// [`silu_inplace_at`] at the active level.
@@ -286,6 +482,51 @@ mod tests {
                     z[i],
                     m[i]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn strided_rows_at_every_level_match_the_twins() {
+        let mut s = 0x1234_5678u32;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for (d, stride, rows) in [
+            (64usize, 192usize, 37usize),
+            (16, 16, 1),
+            (128, 130, 5),
+            (8, 24, 3),
+            (64, 64, 0),
+            (160, 200, 2),
+        ] {
+            let base: Vec<f32> = (0..rows * stride + d).map(|_| rnd()).collect();
+            let q: Vec<f32> = (0..d).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..rows).map(|_| rnd()).collect();
+            let mut want_s = vec![0f32; rows];
+            dot_rows_ref(&q, &base, stride, 0.125, &mut want_s);
+            let mut want_o = vec![0f32; d];
+            sum_rows_ref(&w, &base, stride, &mut want_o);
+            for lvl in available_levels() {
+                let mut got = vec![0f32; rows];
+                dot_rows_at(lvl, &q, &base, stride, 0.125, &mut got);
+                for (j, (a, b)) in got.iter().zip(&want_s).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (d as f32),
+                        "{lvl}: dot_rows d={d} row {j}: {a} vs {b}"
+                    );
+                }
+                let mut o = vec![7f32; d];
+                sum_rows_at(lvl, &w, &base, stride, &mut o);
+                for (i, (a, b)) in o.iter().zip(&want_o).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (rows as f32 + 1.0),
+                        "{lvl}: sum_rows d={d} [{i}]: {a} vs {b}"
+                    );
+                }
             }
         }
     }
