@@ -253,7 +253,9 @@ fn dot_l(a: &[f32], b: &[f32]) -> f32 {
             acc[i] = x[i].mul_add(y[i], acc[i]);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let h: [f32; 8] = core::array::from_fn(|i| acc[i] + acc[i + 8]);
+    let q: [f32; 4] = core::array::from_fn(|i| h[i] + h[i + 4]);
+    (q[0] + q[2]) + (q[1] + q[3]) + tail
 }
 
 /// The chunked scan with `V` lanes.
@@ -300,12 +302,25 @@ unsafe fn scan_lanes<V: V16>(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y
             eacum[l] = a.exp();
         }
         let total = acum[q - 1];
-        // C_l · B_j for j <= l, decayed and times Δ_j.
+        // C_l · B_j for j <= l, decayed and times Δ_j. The decay exp(acum_l − acum_j) is
+        // eacum_l / eacum_j while the chunk's total decay stays far from underflow.
+        let ratio = total > -60.0;
+        for j in 0..q {
+            w[j] = if ratio {
+                s.dt(c0 + j) / eacum[j]
+            } else {
+                s.dt(c0 + j)
+            };
+        }
         for l in 0..q {
             let cl = s.c(c0 + l);
             for j in 0..=l {
-                cb[l * CHUNK + j] =
-                    dot_l(cl, s.b(c0 + j)) * (acum[l] - acum[j]).exp() * s.dt(c0 + j);
+                let decay = if ratio {
+                    eacum[l]
+                } else {
+                    (acum[l] - acum[j]).exp()
+                };
+                cb[l * CHUNK + j] = dot_l(cl, s.b(c0 + j)) * decay * w[j];
             }
         }
         // SAFETY: every pointer below indexes inside its buffer: tokens `c0..c0 + q` are in
