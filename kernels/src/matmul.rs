@@ -1,11 +1,17 @@
 //! Batched products for prefill: `Y = X Wᵀ` for a batch of activation rows.
 //!
-//! Two paths. [`matmul_gemm`] (batches of [`GEMM_MIN`] rows or more): each thread takes a
-//! contiguous range of weight rows, dequantizes tiles of [`TILE`] rows to f32 (F32 weights are
-//! used in place) and multiplies them with the whole batch with the `gemm` crate's f32 kernels,
-//! writing straight into `Y`. [`matmul`] (small batches): each weight row is read once per batch
-//! and dotted with every activation row in its partner format by the decode kernels, bit for bit
-//! what one matvec per row gives.
+//! Three paths, chosen by the caller (`Ctx::matmul` in the root crate):
+//! - [`matmul`]: integer products with the activations in their partner format. Each task takes
+//!   a range of weight rows; where the level has a tile kernel (Q4_0 and Q8_0 on AVX-512 VNNI),
+//!   it repacks 16 rows at a time and runs every activation over them (`vpdpbusd`, one float
+//!   step per block for 16 rows); otherwise the decode row kernels run one activation at a
+//!   time over rows held in cache (bit for bit what one matvec per row gives). Small batches
+//!   of every type take it too.
+//! - [`matmul_f16`]: F16 weights on levels with an F16 kernel (AVX-512): rows converted to f32
+//!   a few at a time, the activations transposed so that one register holds 16 of them.
+//! - [`matmul_gemm`] (the other types, batches of [`GEMM_MIN`] rows or more): tiles of [`TILE`]
+//!   rows dequantized to f32 (F32 weights used in place) and multiplied with the whole batch by
+//!   the `gemm` crate's f32 kernels, writing straight into `Y`.
 
 use cheems_formats::GgmlType;
 
