@@ -34,7 +34,7 @@ pub struct SessionOptions {
 use crate::snapshot::{LayerState as State, SessionState};
 
 /// Tokens a prefill processes together, layer by layer.
-pub const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = 128;
 
 #[derive(Debug)]
 struct Scratch {

@@ -247,6 +247,33 @@ pub(crate) struct ActView<'a> {
 pub(crate) type RowsFn =
     unsafe fn(rows: &[u8], row_bytes: usize, act: &ActView<'_>, out: &mut [f32]);
 
+/// Products of a block of weight rows with a few activations (prefill's tiles):
+/// `out[t * ld + r] = row_r · act_t` for every row `r` of `rows` and every `t < acts.len()`.
+///
+/// # Safety
+/// As [`RowsFn`] for each of `acts` (all of the same length), and `out`
+/// is valid for writes at every index `t * ld + r`.
+pub(crate) type MmFn =
+    unsafe fn(rows: &[u8], row_bytes: usize, acts: &[ActView<'_>], out: *mut f32, ld: usize);
+
+/// Products of a block of F16 weight rows with a batch of f32 activations held transposed
+/// (`xt[k][t]` for `t` padded to a multiple of 16 with zeros: value `k` of activation `t` at
+/// `xt[k · n.next_multiple_of(16) + t]`): `out[t * ld + r] = row_r · x_t` for `t < n`.
+///
+/// # Safety
+/// `rows` holds whole rows of `cols` F16 values (`row_bytes = 2·cols`), `xt` holds
+/// `cols · n.next_multiple_of(16)` floats, and `out` is valid for writes at every index
+/// `t * ld + r`.
+pub(crate) type F16MmFn = unsafe fn(
+    rows: &[u8],
+    row_bytes: usize,
+    xt: &[f32],
+    cols: usize,
+    n: usize,
+    out: *mut f32,
+    ld: usize,
+);
+
 /// The buffers of a Q8_0/Q8_1 activation: the ggml blocks and the kernels' side arrays
 /// (see [`ActView`]).
 #[derive(Debug)]
@@ -289,6 +316,10 @@ pub(crate) struct Table {
     pub q4_k: RowsFn,
     pub q5_k: RowsFn,
     pub q6_k: RowsFn,
+    /// Tile kernels of the prefill products (`None`: the row kernels, one activation at a time).
+    pub q4_0_mm: Option<MmFn>,
+    pub q8_0_mm: Option<MmFn>,
+    pub f16_mm: Option<F16MmFn>,
 }
 
 impl Table {
@@ -309,6 +340,17 @@ impl Table {
             T::Q6_K => self.q6_k,
             _ => return None,
         })
+    }
+}
+
+impl Table {
+    /// The tile kernel for weights of type `ty`, if the level has one.
+    pub fn mm(&self, ty: GgmlType) -> Option<MmFn> {
+        match ty {
+            GgmlType::Q4_0 => self.q4_0_mm,
+            GgmlType::Q8_0 => self.q8_0_mm,
+            _ => None,
+        }
     }
 }
 

@@ -6,6 +6,10 @@
 //!   benchmarks) and its table of row kernels.
 //! - [`matvec`]: matrix-vector products over weights borrowed in place, rows split on the
 //!   caller's private thread pool.
+//! - [`matmul`]: the batched products of prefill (integer tiles for Q4_0/Q8_0, an F16 kernel,
+//!   dequantized tiles through `gemm` for the other types).
+//! - [`ssm`]: the Mamba-2 SSD recurrence, one fused step per head and the chunked scan.
+//! - [`vecops`]: f32 vector kernels (attention's dot products and weighted sums, SiLU).
 //! - [`pool`]: that pool (persistent workers; publishing a job allocates nothing).
 //! - private: `scalar` (the reference twins behind the kernel signature), `x86` (AVX2 and
 //!   AVX-512 VNNI kernels), `neon` (aarch64).
@@ -40,6 +44,7 @@ mod neon;
 pub mod pool;
 pub mod reference;
 mod scalar;
+pub mod ssm;
 pub mod vecops;
 #[cfg(target_arch = "x86_64")]
 mod x86;

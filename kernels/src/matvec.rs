@@ -150,7 +150,12 @@ impl Activation {
 
     /// The kernels' view, if this activation was prepared for `cols`-value rows of `weight_ty`
     /// (float types read `x`, which must then hold `cols` values).
-    fn view<'a>(&'a self, weight_ty: GgmlType, cols: usize, x: &'a [f32]) -> Option<ActView<'a>> {
+    pub(crate) fn view<'a>(
+        &'a self,
+        weight_ty: GgmlType,
+        cols: usize,
+        x: &'a [f32],
+    ) -> Option<ActView<'a>> {
         let partner = vec_dot_type(weight_ty);
         if matches!(partner, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
             return (x.len() == cols).then_some(ActView {

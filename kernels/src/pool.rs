@@ -202,6 +202,51 @@ impl Pool {
     }
 }
 
+/// The task of [`Pool::for_chunks_mut2`]: a chunk index and the two chunks.
+pub type Chunks2Fn<'a, T, U> = dyn Fn(usize, &mut [T], &mut [U]) + Sync + 'a;
+
+impl Pool {
+    /// Splits `a` into chunks of `chunk_a` elements and `b` into chunks of `chunk_b`, and calls
+    /// `f(index, a_chunk, b_chunk)` for each index, spread over the pool. The number of chunks
+    /// is `a`'s; a `b` chunk past `b`'s end is empty.
+    pub fn for_chunks_mut2<T: Send, U: Send>(
+        &self,
+        a: &mut [T],
+        chunk_a: usize,
+        b: &mut [U],
+        chunk_b: usize,
+        f: &Chunks2Fn<'_, T, U>,
+    ) {
+        let (chunk_a, chunk_b) = (chunk_a.max(1), chunk_b.max(1));
+        let n = a.len().div_ceil(chunk_a);
+        let pa = ChunksPtr {
+            ptr: a.as_mut_ptr(),
+            len: a.len(),
+        };
+        let pb = ChunksPtr {
+            ptr: b.as_mut_ptr(),
+            len: b.len(),
+        };
+        let (pa, pb) = (&pa, &pb);
+        self.run(n, &|i| {
+            let sa = i * chunk_a;
+            let la = chunk_a.min(pa.len - sa);
+            let sb = (i * chunk_b).min(pb.len);
+            let lb = chunk_b.min(pb.len - sb);
+            // SAFETY: chunk `i` of each slice covers a range inside it, disjoint from every
+            // other chunk of that slice; `run` hands each index to one thread once, and both
+            // slices stay mutably borrowed until `run` returns.
+            let (ca, cb) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(pa.ptr.add(sa), la),
+                    std::slice::from_raw_parts_mut(pb.ptr.add(sb), lb),
+                )
+            };
+            f(i, ca, cb);
+        });
+    }
+}
+
 fn take_chunks(s: &Shared, n: usize, f: &(dyn Fn(usize) + Sync)) {
     loop {
         let i = s.next.fetch_add(1, Ordering::Relaxed);

@@ -1,5 +1,8 @@
-//! f32 vector kernels of attention over the KV cache: `dot` (query · key) and `axpy`
-//! (`y += a·x`, weights times values), at the active level.
+//! f32 vector kernels at the active level: `dot` (query · key) and `axpy` (`y += a·x`, weights
+//! times values) for attention over the KV cache, and SiLU (`silu_inplace`, `silu_mul`: the
+//! gates of the MLP and of the SSD mixer, the SSD conv's activation); and the attention loops
+//! over strided cache rows, `dot_rows` (a query against every key) and `sum_rows` (the weighted
+//! sum of the values), which keep the query or the output in registers.
 //!
 //! The fast paths are the same chunked loop compiled with the level's features enabled
 //! (`#[target_feature]`), which the compiler turns into 8- (AVX2) or 16-lane (AVX-512) vector code
@@ -8,6 +11,149 @@
 //! rounding (the parity suite checks a relative bound); `axpy` is exact per element.
 
 use crate::dispatch::{level, Level};
+
+/// Reference: `out[j] = scale · (q · rows[j])`, row `j` at `base[j · stride..][..q.len()]`.
+pub fn dot_rows_ref(q: &[f32], base: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_ref(q, &base[j * stride..j * stride + q.len()]) * scale;
+    }
+}
+
+/// Reference: `out = Σ_j w[j] · rows[j]`, row `j` at `base[j · stride..][..out.len()]`.
+pub fn sum_rows_ref(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let d = out.len();
+    for (j, &a) in w.iter().enumerate() {
+        axpy_ref(a, &base[j * stride..j * stride + d], out);
+    }
+}
+
+/// The sum of 16 lanes as a tree of pairwise sums (vector halves added, not a serial chain).
+#[inline(always)]
+fn tree_sum16(a: &[f32; 16]) -> f32 {
+    let h: [f32; 8] = core::array::from_fn(|i| a[i] + a[i + 8]);
+    let q: [f32; 4] = core::array::from_fn(|i| h[i] + h[i + 4]);
+    let p: [f32; 2] = core::array::from_fn(|i| q[i] + q[i + 2]);
+    p[0] + p[1]
+}
+
+/// `dot_rows` for rows of exactly `D` values, the query held in registers.
+#[inline(always)]
+fn dot_rows_d<const D: usize>(
+    q: &[f32; D],
+    base: &[f32],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let Some(k) = base.get(j * stride..).and_then(|r| r.first_chunk::<D>()) else {
+            *o = f32::NAN; // unreachable: the caller checked the extent
+            continue;
+        };
+        let mut acc = [0f32; 16];
+        for c in 0..D / 16 {
+            for i in 0..16 {
+                acc[i] = k[16 * c + i].mul_add(q[16 * c + i], acc[i]);
+            }
+        }
+        *o = tree_sum16(&acc) * scale;
+    }
+}
+
+/// `sum_rows` for rows of exactly `D` values, the output held in registers.
+#[inline(always)]
+fn sum_rows_d<const D: usize>(w: &[f32], base: &[f32], stride: usize, out: &mut [f32; D]) {
+    let mut acc = [0f32; D];
+    for (j, &a) in w.iter().enumerate() {
+        let Some(v) = base.get(j * stride..).and_then(|r| r.first_chunk::<D>()) else {
+            continue; // unreachable: the caller checked the extent
+        };
+        for i in 0..D {
+            acc[i] = a.mul_add(v[i], acc[i]);
+        }
+    }
+    *out = acc;
+}
+
+#[inline(always)]
+fn dot_rows_lanes(q: &[f32], base: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let rows = out.len();
+    if rows > 0 && (rows - 1) * stride + d > base.len() {
+        return dot_rows_ref(q, base, stride, scale, out);
+    }
+    if let Some(q) = q.first_chunk::<64>().filter(|_| d == 64) {
+        dot_rows_d::<64>(q, base, stride, scale, out)
+    } else if let Some(q) = q.first_chunk::<128>().filter(|_| d == 128) {
+        dot_rows_d::<128>(q, base, stride, scale, out)
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot_lanes::<16>(q, &base[j * stride..j * stride + d]) * scale;
+        }
+    }
+}
+
+#[inline(always)]
+fn sum_rows_lanes(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    let rows = w.len();
+    if rows > 0 && (rows - 1) * stride + d > base.len() {
+        return sum_rows_ref(w, base, stride, out);
+    }
+    if let Some(o) = out.first_chunk_mut::<64>().filter(|_| d == 64) {
+        sum_rows_d::<64>(w, base, stride, o)
+    } else if let Some(o) = out.first_chunk_mut::<128>().filter(|_| d == 128) {
+        sum_rows_d::<128>(w, base, stride, o)
+    } else {
+        out.fill(0.0);
+        for (j, &a) in w.iter().enumerate() {
+            axpy_lanes(a, &base[j * stride..j * stride + d], out);
+        }
+    }
+}
+
+/// Reference SiLU: `x / (1 + exp(-x))` with libm's `exp`.
+#[inline]
+pub fn silu_ref(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `exp(x)` for the vector loops: `2^n · p(f)` with `n = round(x·log₂e)`, `f = x − n·ln 2`
+/// (Cody-Waite), `p` the degree-6 Taylor polynomial (relative error below 4e-7 over the
+/// clamped range `[-87, 88]`; beyond it, `exp` of the bound).
+#[inline(always)]
+fn exp_lane(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer (ties to even).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let f = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + f * (1.0
+            + f * (0.5
+                + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+#[inline(always)]
+fn silu_lane(x: f32) -> f32 {
+    x / (1.0 + exp_lane(-x))
+}
+
+#[inline(always)]
+fn silu_inplace_lanes(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = silu_lane(*v));
+}
+
+#[inline(always)]
+fn silu_mul_lanes(y: &mut [f32], z: &[f32]) {
+    y.iter_mut().zip(z).for_each(|(a, &b)| *a *= silu_lane(b));
+}
 
 /// Sequential reference: `Σ a[i]·b[i]` over the shorter length.
 pub fn dot_ref(a: &[f32], b: &[f32]) -> f32 {
@@ -57,6 +203,74 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_inplace_avx2(x: &mut [f32]) {
+        super::silu_inplace_lanes(x)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul_avx2(y: &mut [f32], z: &[f32]) {
+        super::silu_mul_lanes(y, z)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn dot_rows_avx512(
+        q: &[f32],
+        base: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        super::dot_rows_lanes(q, base, stride, scale, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn sum_rows_avx512(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+        super::sum_rows_lanes(w, base, stride, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows_avx2(
+        q: &[f32],
+        base: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        super::dot_rows_lanes(q, base, stride, scale, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sum_rows_avx2(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+        super::sum_rows_lanes(w, base, stride, out)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn silu_inplace_avx512(x: &mut [f32]) {
+        super::silu_inplace_lanes(x)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn silu_mul_avx512(y: &mut [f32], z: &[f32]) {
+        super::silu_mul_lanes(y, z)
+    }
+
+    /// # Safety
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
@@ -99,6 +313,100 @@ pub fn axpy_at(lvl: Level, alpha: f32, x: &[f32], y: &mut [f32]) {
         Level::Neon => axpy_lanes(alpha, x, y),
         _ => axpy_ref(alpha, x, y),
     }
+}
+
+/// `x[i] = silu(x[i])` at `lvl` (the vector levels use a polynomial `exp`, within 1e-6
+/// relative of [`silu_ref`]).
+pub fn silu_inplace_at(lvl: Level, x: &mut [f32]) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe { x86::silu_inplace_avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe { x86::silu_inplace_avx2(x) },
+        Level::Neon => silu_inplace_lanes(x),
+        _ => x.iter_mut().for_each(|v| *v = silu_ref(*v)),
+    }
+}
+
+/// `y[i] *= silu(z[i])` over the shorter length at `lvl`.
+pub fn silu_mul_at(lvl: Level, y: &mut [f32], z: &[f32]) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe { x86::silu_mul_avx512(y, z) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe { x86::silu_mul_avx2(y, z) },
+        Level::Neon => silu_mul_lanes(y, z),
+        _ => y.iter_mut().zip(z).for_each(|(a, &b)| *a *= silu_ref(b)),
+    }
+}
+
+/// `out[j] = scale · (q · rows[j])` for `out.len()` rows at `base[j · stride..]`, at `lvl`.
+pub fn dot_rows_at(
+    lvl: Level,
+    q: &[f32],
+    base: &[f32],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe {
+            x86::dot_rows_avx512(q, base, stride, scale, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe {
+            x86::dot_rows_avx2(q, base, stride, scale, out)
+        },
+        Level::Neon => dot_rows_lanes(q, base, stride, scale, out),
+        _ => dot_rows_ref(q, base, stride, scale, out),
+    }
+}
+
+/// `out = Σ_j w[j] · rows[j]` for `w.len()` rows at `base[j · stride..]`, at `lvl`.
+pub fn sum_rows_at(lvl: Level, w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe {
+            x86::sum_rows_avx512(w, base, stride, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe { x86::sum_rows_avx2(w, base, stride, out) },
+        Level::Neon => sum_rows_lanes(w, base, stride, out),
+        _ => sum_rows_ref(w, base, stride, out),
+    }
+}
+
+/// [`dot_rows_at`] at the active level.
+#[inline]
+pub fn dot_rows(q: &[f32], base: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    dot_rows_at(level(), q, base, stride, scale, out)
+}
+
+/// [`sum_rows_at`] at the active level.
+#[inline]
+pub fn sum_rows(w: &[f32], base: &[f32], stride: usize, out: &mut [f32]) {
+    sum_rows_at(level(), w, base, stride, out)
+}
+
+/// [`silu_inplace_at`] at the active level.
+#[inline]
+pub fn silu_inplace(x: &mut [f32]) {
+    silu_inplace_at(level(), x)
+}
+
+/// [`silu_mul_at`] at the active level.
+#[inline]
+pub fn silu_mul(y: &mut [f32], z: &[f32]) {
+    silu_mul_at(level(), y, z)
 }
 
 /// [`dot_at`] at the active level.
@@ -144,6 +452,81 @@ mod tests {
                 let mut y = y0.clone();
                 axpy_at(lvl, 0.37, &a, &mut y);
                 assert_eq!(y, want_y, "{lvl}: axpy n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn silu_at_every_level_is_within_1e6_of_the_scalar_twin() {
+        let mut xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.01).collect();
+        xs.extend([
+            -200.0, -100.0, -88.5, -87.0, -30.0, 0.0, -0.0, 1e-30, 30.0, 88.5, 100.0, 1e30,
+        ]);
+        let z: Vec<f32> = xs.iter().rev().copied().collect();
+        for lvl in available_levels() {
+            let mut a = xs.clone();
+            silu_inplace_at(lvl, &mut a);
+            let mut m = z.clone();
+            silu_mul_at(lvl, &mut m, &xs);
+            for (i, &x) in xs.iter().enumerate() {
+                let want = silu_ref(x);
+                assert!(
+                    (a[i] - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                    "{lvl}: silu({x}) = {} vs {want}",
+                    a[i]
+                );
+                let want_m = z[i] * want;
+                assert!(
+                    (m[i] - want_m).abs() <= 1e-6 * want_m.abs() + 1e-30,
+                    "{lvl}: {} * silu({x}) = {} vs {want_m}",
+                    z[i],
+                    m[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn strided_rows_at_every_level_match_the_twins() {
+        let mut s = 0x1234_5678u32;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for (d, stride, rows) in [
+            (64usize, 192usize, 37usize),
+            (16, 16, 1),
+            (128, 130, 5),
+            (8, 24, 3),
+            (64, 64, 0),
+            (160, 200, 2),
+        ] {
+            let base: Vec<f32> = (0..rows * stride + d).map(|_| rnd()).collect();
+            let q: Vec<f32> = (0..d).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..rows).map(|_| rnd()).collect();
+            let mut want_s = vec![0f32; rows];
+            dot_rows_ref(&q, &base, stride, 0.125, &mut want_s);
+            let mut want_o = vec![0f32; d];
+            sum_rows_ref(&w, &base, stride, &mut want_o);
+            for lvl in available_levels() {
+                let mut got = vec![0f32; rows];
+                dot_rows_at(lvl, &q, &base, stride, 0.125, &mut got);
+                for (j, (a, b)) in got.iter().zip(&want_s).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (d as f32),
+                        "{lvl}: dot_rows d={d} row {j}: {a} vs {b}"
+                    );
+                }
+                let mut o = vec![7f32; d];
+                sum_rows_at(lvl, &w, &base, stride, &mut o);
+                for (i, (a, b)) in o.iter().zip(&want_o).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (rows as f32 + 1.0),
+                        "{lvl}: sum_rows d={d} [{i}]: {a} vs {b}"
+                    );
+                }
             }
         }
     }

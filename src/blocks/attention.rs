@@ -122,9 +122,11 @@ pub struct AttnScratch {
     pub k: Vec<f32>,
     pub v: Vec<f32>,
     pub out: Vec<f32>,
-    /// Per query head: its attention weights over the cache and its output (`[n_heads][max_keys
-    /// + 1 + head_dim]`), so heads run on different threads.
+    /// Per query head: its attention weights over the cache and its outputs for the batch
+    /// (`[n_heads][max_keys + 1 + batch·head_dim]`), so heads run on different threads.
     pub att: Vec<f32>,
+    /// Tokens of a batch.
+    pub batch: usize,
 }
 
 impl AttnScratch {
@@ -139,7 +141,8 @@ impl AttnScratch {
             k: vec![0.0; b * kv],
             v: vec![0.0; b * kv],
             out: vec![0.0; b * q],
-            att: vec![0.0; c.n_heads * (max_keys + 1 + c.head_dim)],
+            att: vec![0.0; c.n_heads * (max_keys + 1 + b * c.head_dim)],
+            batch: b,
         }
     }
 }
@@ -195,6 +198,9 @@ impl Attention {
         );
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
+        // Every token's key and value into the cache first, then each query head attends for
+        // every token of the batch (one task per head; token t sees the cache up to itself).
+        let l0 = cache.len;
         for t in 0..n {
             let (q, k) = (
                 &mut s.q[t * qd..(t + 1) * qd],
@@ -202,30 +208,36 @@ impl Attention {
             );
             rope.apply(q, pos + t);
             rope.apply(k, pos + t);
-            let at = cache.len;
+            let at = l0 + t;
             cache.k[at * kvd..(at + 1) * kvd].copy_from_slice(k);
             cache.v[at * kvd..(at + 1) * kvd].copy_from_slice(&s.v[t * kvd..(t + 1) * kvd]);
-            cache.len += 1;
-            let (ks, vs, len) = (&cache.k, &cache.v, cache.len);
-            let per_head = s.att.len() / c.n_heads;
-            let qs = &s.q[t * qd..(t + 1) * qd];
-            cx.pool.for_chunks_mut(&mut s.att, per_head, &|h, buf| {
-                let off = (h / group) * hd;
-                let (att, out) = buf.split_at_mut(per_head - hd);
-                attend(
-                    &qs[h * hd..(h + 1) * hd],
-                    len,
-                    |j| &ks[j * kvd + off..j * kvd + off + hd],
-                    |j| &vs[j * kvd + off..j * kvd + off + hd],
-                    |_| 0.0,
+        }
+        cache.len += n;
+        let (ks, vs) = (&cache.k, &cache.v);
+        let per_head = s.att.len() / c.n_heads;
+        let keys = per_head - s.batch * hd;
+        let qs = &s.q[..n * qd];
+        cx.pool.for_chunks_mut(&mut s.att, per_head, &|h, buf| {
+            let off = (h / group) * hd;
+            let (att, outs) = buf.split_at_mut(keys);
+            for t in 0..n {
+                let len = l0 + t + 1;
+                let a = &mut att[..len];
+                vecops::dot_rows(
+                    &qs[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    &ks[off..],
+                    kvd,
                     scale,
-                    att,
-                    out,
+                    a,
                 );
-            });
-            for (h, buf) in s.att.chunks_exact(per_head).enumerate() {
+                softmax(a);
+                vecops::sum_rows(a, &vs[off..], kvd, &mut outs[t * hd..(t + 1) * hd]);
+            }
+        });
+        for (h, buf) in s.att.chunks_exact(per_head).enumerate() {
+            for t in 0..n {
                 s.out[t * qd + h * hd..t * qd + (h + 1) * hd]
-                    .copy_from_slice(&buf[per_head - hd..]);
+                    .copy_from_slice(&buf[keys + t * hd..keys + (t + 1) * hd]);
             }
         }
         self.proj.output(cx, s, n, out);

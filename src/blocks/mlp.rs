@@ -16,7 +16,7 @@ pub struct Mlp {
 }
 
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    cheems_kernels::vecops::silu_ref(x)
 }
 
 impl Mlp {
@@ -42,9 +42,7 @@ impl Mlp {
         let (h1, h2) = (&mut h1[..n * self.gate.rows], &mut h2[..n * self.up.rows]);
         cx.matmul(&self.gate, xs, h1);
         cx.matmul(&self.up, xs, h2);
-        for (a, b) in h1.iter_mut().zip(h2.iter()) {
-            *a = silu(*a) * b;
-        }
-        cx.matmul(&self.down, h1, &mut out[..n * self.down.rows]);
+        cheems_kernels::vecops::silu_mul(h2, h1);
+        cx.matmul(&self.down, h2, &mut out[..n * self.down.rows]);
     }
 }

@@ -3,10 +3,9 @@
 //! `[n_heads][head_dim][d_state]` SSM state.
 
 use anyhow::Result;
-use cheems_kernels::vecops;
+use cheems_kernels::{ssm, vecops};
 
 use super::attention::add_bias;
-use super::mlp::silu;
 use crate::config::{Config, SsdConfig};
 use crate::weights::{Binder, Mat};
 use crate::Ctx;
@@ -19,6 +18,8 @@ pub struct Ssd {
     pub in_bias: Option<Vec<f32>>,
     /// [conv_dim][d_conv], tap d_conv-1 is the current token
     pub conv_w: Vec<f32>,
+    /// `conv_w` transposed, [d_conv][conv_dim] (the conv runs along the channels)
+    pub conv_wt: Vec<f32>,
     /// [conv_dim]
     pub conv_b: Option<Vec<f32>>,
     /// [n_heads]
@@ -78,44 +79,14 @@ pub struct SsdScratch {
     pub work_len: usize,
 }
 
-/// One head's region of [`SsdScratch::work`]: its state `[P][N]` (copied in and out), the
-/// chunk's `(C_l · B_s)·decay·Δ_s` `[CHUNK][CHUNK]`, the cumulative Δ·A `[CHUNK]` and its
-/// exponentials `[CHUNK]`, the per-token decay weights `[CHUNK]`, and the head's outputs
-/// `[batch][P]`.
-struct HeadWork<'a> {
-    state: &'a mut [f32],
-    cb: &'a mut [f32],
-    acum: &'a mut [f32],
-    eacum: &'a mut [f32],
-    w: &'a mut [f32],
-    y: &'a mut [f32],
+/// Tokens per chunk of the chunked scan (see [`ssm::CHUNK`]).
+pub const CHUNK: usize = ssm::CHUNK;
+
+/// Floats of one head's region of [`SsdScratch::work`]: the scan's work space, then the head's
+/// outputs `[batch][P]`.
+fn head_work_len(p: usize, n: usize, batch: usize) -> usize {
+    ssm::scan_work_len(p, n) + batch * p
 }
-
-impl<'a> HeadWork<'a> {
-    fn len(p: usize, n: usize, batch: usize) -> usize {
-        p * n + CHUNK * CHUNK + 3 * CHUNK + batch * p
-    }
-
-    fn split(buf: &'a mut [f32], p: usize, n: usize) -> Self {
-        let (state, r) = buf.split_at_mut(p * n);
-        let (cb, r) = r.split_at_mut(CHUNK * CHUNK);
-        let (acum, r) = r.split_at_mut(CHUNK);
-        let (eacum, r) = r.split_at_mut(CHUNK);
-        let (w, y) = r.split_at_mut(CHUNK);
-        HeadWork {
-            state,
-            cb,
-            acum,
-            eacum,
-            w,
-            y,
-        }
-    }
-}
-
-/// Tokens per chunk of the chunked scan. The result does not depend on it (the chunked form is
-/// exact); it trades the quadratic intra-chunk work against the state passes.
-pub const CHUNK: usize = 32;
 
 impl SsdScratch {
     pub fn new(c: &SsdConfig, batch: usize) -> Self {
@@ -126,8 +97,8 @@ impl SsdScratch {
             y: vec![0.0; b * c.d_inner],
             dt: vec![0.0; b * c.n_heads],
             da: vec![0.0; b * c.n_heads],
-            work: vec![0.0; c.n_heads * HeadWork::len(c.head_dim, c.d_state, b)],
-            work_len: HeadWork::len(c.head_dim, c.d_state, b),
+            work: vec![0.0; c.n_heads * head_work_len(c.head_dim, c.d_state, b)],
+            work_len: head_work_len(c.head_dim, c.d_state, b),
         }
     }
 }
@@ -144,11 +115,19 @@ impl Ssd {
                 .collect(),
             _ => Vec::new(),
         };
+        let conv_w = b.vector(&n("ssm_conv1d.weight"), s.conv_dim() * s.d_conv)?;
+        let mut conv_wt = vec![0.0; conv_w.len()];
+        for (ch, taps) in conv_w.chunks_exact(s.d_conv).enumerate() {
+            for (k, &v) in taps.iter().enumerate() {
+                conv_wt[k * s.conv_dim() + ch] = v;
+            }
+        }
         Ok(Ssd {
             cfg: s,
             in_proj: b.mat(&n("ssm_in.weight"), c.d_model, s.in_proj_rows())?,
             in_bias: b.opt_vector(&n("ssm_in.bias"), s.in_proj_rows())?,
-            conv_w: b.vector(&n("ssm_conv1d.weight"), s.conv_dim() * s.d_conv)?,
+            conv_w,
+            conv_wt,
             conv_b: b.opt_vector(&n("ssm_conv1d.bias"), s.conv_dim())?,
             dt_bias: b.vector(&n("ssm_dt.bias"), s.n_heads)?,
             a: b.vector(&n("ssm_a"), s.n_heads)?,
@@ -191,7 +170,8 @@ impl Ssd {
         let (z, rest) = zxbcdt.split_at(di);
         let (xbc_in, dt_raw) = rest.split_at(cd);
         // Causal depthwise conv over the last d_conv inputs, then SiLU; shift the conv state.
-        self.conv_step(st, xbc_in, &mut s.xbc[..cd]);
+        let _ = xbc_in;
+        self.conv(st, zxbcdt, c.in_proj_rows(), di, 1, &mut s.xbc[..cd]);
         let (x, bc) = s.xbc[..cd].split_at_mut(di);
         let (b, cc) = bc.split_at_mut(c.n_groups * n);
         if !self.rope_inv_freq.is_empty() {
@@ -200,23 +180,40 @@ impl Ssd {
         }
         let y_row = &mut s.y[..di];
         let heads_per_group = c.n_heads / c.n_groups;
-        for h in 0..c.n_heads {
-            let g = h / heads_per_group;
-            let dt = crate::blocks::dma::softplus(dt_raw[h] + self.dt_bias[h]);
-            let da = (dt * self.a[h]).exp();
-            let (bg, cg) = (&b[g * n..(g + 1) * n], &cc[g * n..(g + 1) * n]);
-            for i in 0..p {
-                let xi = x[h * p + i];
-                let row = &mut st.ssm[(h * p + i) * n..(h * p + i + 1) * n];
-                let dtx = dt * xi;
-                let mut acc = 0.0;
-                for k in 0..n {
-                    row[k] = row[k] * da + dtx * bg[k];
-                    acc += row[k] * cg[k];
-                }
-                y_row[h * p + i] = acc + self.d[h] * xi;
-            }
+        let nh = c.n_heads;
+        for (h, &raw) in dt_raw.iter().enumerate().take(nh) {
+            let dt = crate::blocks::dma::softplus(raw + self.dt_bias[h]);
+            s.dt[h] = dt;
+            s.da[h] = (dt * self.a[h]).exp();
         }
+        // Heads are independent: a few heads per task, each head's state read and written once.
+        let per = nh.div_ceil(4 * cx.pool.threads()).max(1);
+        let (dts, das, x, b, cc) = (&s.dt[..nh], &s.da[..nh], &*x, &*b, &*cc);
+        cx.pool.for_chunks_mut2(
+            &mut st.ssm[..nh * p * n],
+            per * p * n,
+            y_row,
+            per * p,
+            &|t, states, ys| {
+                for (k, (hs, y)) in states
+                    .chunks_exact_mut(p * n)
+                    .zip(ys.chunks_exact_mut(p))
+                    .enumerate()
+                {
+                    let h = t * per + k;
+                    let g = h / heads_per_group;
+                    let step = ssm::Step {
+                        x: &x[h * p..(h + 1) * p],
+                        b: &b[g * n..(g + 1) * n],
+                        c: &cc[g * n..(g + 1) * n],
+                        dt: dts[h],
+                        decay: das[h],
+                        d: self.d[h],
+                    };
+                    ssm::ssd_step(hs, &step, y);
+                }
+            },
+        );
         self.gate_norm_out(cx, y_row, z, out);
     }
 
@@ -230,31 +227,60 @@ impl Ssd {
     /// `y = RMSNorm_groups(y ⊙ silu(z))` in place.
     fn gate_norm(&self, y: &mut [f32], z: &[f32]) {
         let c = &self.cfg;
-        for (y, &zv) in y.iter_mut().zip(z) {
-            *y *= silu(zv);
-        }
+        vecops::silu_mul(y, z);
         let gs = c.d_inner / c.n_groups;
         for (yg, wg) in y.chunks_exact_mut(gs).zip(self.norm.chunks_exact(gs)) {
             crate::blocks::norm::rmsnorm_inplace(yg, wg, c.norm_eps);
         }
     }
 
-    /// The causal conv and SiLU of one token's `xbc_in` into `out`, advancing the conv state.
-    fn conv_step(&self, st: &mut SsdState, xbc_in: &[f32], out: &mut [f32]) {
-        let w = self.cfg.d_conv;
-        for (ch, o) in out.iter_mut().enumerate() {
-            let taps = &self.conv_w[ch * w..(ch + 1) * w];
-            let hist = &mut st.conv[ch * (w - 1)..(ch + 1) * (w - 1)];
-            let mut acc = self.conv_b.as_ref().map_or(0.0, |b| b[ch]);
-            for k in 0..w - 1 {
-                acc += taps[k] * hist[k];
+    /// The causal conv and SiLU of `t_len` tokens into `out` (`[t_len][conv_dim]`), advancing
+    /// the conv state; token `t`'s input is `zx[t * rows + off..][..conv_dim]`. Per token, the
+    /// taps run along the channels (vector loops), each channel summed in tap order.
+    fn conv(
+        &self,
+        st: &mut SsdState,
+        zx: &[f32],
+        rows: usize,
+        off: usize,
+        t_len: usize,
+        out: &mut [f32],
+    ) {
+        let (w, cd) = (self.cfg.d_conv, self.cfg.conv_dim());
+        let h = w - 1;
+        for t in 0..t_len {
+            let o = &mut out[t * cd..(t + 1) * cd];
+            match &self.conv_b {
+                Some(b) => o.copy_from_slice(b),
+                None => o.fill(0.0),
             }
-            acc += taps[w - 1] * xbc_in[ch];
-            if w > 1 {
-                hist.copy_within(1.., 0);
-                hist[w - 2] = xbc_in[ch];
+            // Tap k reads position t + k of [history (w - 1) | inputs].
+            for k in 0..w {
+                let taps = &self.conv_wt[k * cd..(k + 1) * cd];
+                let pos = t + k;
+                if pos >= h {
+                    let src = &zx[(pos - h) * rows + off..(pos - h) * rows + off + cd];
+                    for ((o, &tp), &x) in o.iter_mut().zip(taps).zip(src) {
+                        *o += tp * x;
+                    }
+                } else {
+                    for (ch, (o, &tp)) in o.iter_mut().zip(taps).enumerate() {
+                        *o += tp * st.conv[ch * h + pos];
+                    }
+                }
             }
-            *o = silu(acc);
+            vecops::silu_inplace(o);
+        }
+        // The new history: the last w - 1 positions (reading only later positions of the old).
+        for ch in 0..cd {
+            for k in 0..h {
+                let pos = t_len + k;
+                st.conv[ch * h + k] = if pos >= h {
+                    zx[(pos - h) * rows + off + ch]
+                } else {
+                    st.conv[ch * h + pos]
+                };
+            }
         }
     }
 
@@ -277,10 +303,12 @@ impl Ssd {
         // Projections, conv, RoPE on B and C, Δ, per token.
         cx.matmul(&self.in_proj, u, &mut s.zxbcdt[..t_len * rows]);
         for t in 0..t_len {
-            let zx = &mut s.zxbcdt[t * rows..(t + 1) * rows];
-            add_bias(zx, &self.in_bias);
+            add_bias(&mut s.zxbcdt[t * rows..(t + 1) * rows], &self.in_bias);
+        }
+        self.conv(st, &s.zxbcdt, rows, di, t_len, &mut s.xbc[..t_len * cd]);
+        for t in 0..t_len {
+            let zx = &s.zxbcdt[t * rows..(t + 1) * rows];
             let xbc = &mut s.xbc[t * cd..(t + 1) * cd];
-            self.conv_step(st, &zx[di..di + cd], xbc);
             if !self.rope_inv_freq.is_empty() {
                 let (b, cc) = xbc[di..].split_at_mut(c.n_groups * n);
                 self.rope(b, pos + t);
@@ -295,73 +323,37 @@ impl Ssd {
         // The scan: heads are independent, one task per head, each over every chunk.
         let heads_per_group = nh / c.n_groups;
         let wl = s.work_len;
-        for (h, wk) in s.work.chunks_exact_mut(wl).enumerate() {
-            wk[..p * n].copy_from_slice(&st.ssm[h * p * n..(h + 1) * p * n]);
-        }
+        let sw = ssm::scan_work_len(p, n);
         let (xbc, dts, das) = (&s.xbc, &s.dt, &s.da);
         let d_skip = &self.d;
-        cx.pool.for_chunks_mut(&mut s.work, wl, &|h, buf| {
-            let wk = HeadWork::split(buf, p, n);
-            let g = h / heads_per_group;
-            let boff = di + g * n;
-            let coff = di + c.n_groups * n + g * n;
-            let x_at = |t: usize| &xbc[t * cd + h * p..t * cd + (h + 1) * p];
-            let b_at = |t: usize| &xbc[t * cd + boff..t * cd + boff + n];
-            let c_at = |t: usize| &xbc[t * cd + coff..t * cd + coff + n];
-            let mut c0 = 0;
-            while c0 < t_len {
-                let q = CHUNK.min(t_len - c0);
-                let mut acc = 0.0;
-                for l in 0..q {
-                    acc += das[(c0 + l) * nh + h];
-                    wk.acum[l] = acc;
-                    wk.eacum[l] = acc.exp();
-                }
-                let total = wk.acum[q - 1];
-                // C_l · B_s for s <= l, decayed and times Δ_s.
-                for l in 0..q {
-                    let cl = c_at(c0 + l);
-                    for j in 0..=l {
-                        wk.cb[l * CHUNK + j] = vecops::dot(cl, b_at(c0 + j))
-                            * (wk.acum[l] - wk.acum[j]).exp()
-                            * dts[(c0 + j) * nh + h];
-                    }
-                }
-                for l in 0..q {
-                    let tl = c0 + l;
-                    let y = &mut wk.y[tl * p..(tl + 1) * p];
-                    // Off-diagonal: the state entering the chunk, decayed to l.
-                    let cl = c_at(tl);
-                    for (i, yi) in y.iter_mut().enumerate() {
-                        *yi = wk.eacum[l] * vecops::dot(&wk.state[i * n..(i + 1) * n], cl);
-                    }
-                    // Diagonal: tokens of this chunk up to l.
-                    for j in 0..=l {
-                        vecops::axpy(wk.cb[l * CHUNK + j], x_at(c0 + j), y);
-                    }
-                    vecops::axpy(d_skip[h], x_at(tl), y);
-                }
-                // The state leaving the chunk.
-                for j in 0..q {
-                    wk.w[j] = (total - wk.acum[j]).exp() * dts[(c0 + j) * nh + h];
-                }
-                let et = total.exp();
-                for i in 0..p {
-                    let srow = &mut wk.state[i * n..(i + 1) * n];
-                    srow.iter_mut().for_each(|v| *v *= et);
-                    for j in 0..q {
-                        vecops::axpy(wk.w[j] * x_at(c0 + j)[i], b_at(c0 + j), srow);
-                    }
-                }
-                c0 += q;
-            }
-        });
+        cx.pool.for_chunks_mut2(
+            &mut s.work[..nh * wl],
+            wl,
+            &mut st.ssm[..nh * p * n],
+            p * n,
+            &|h, buf, state| {
+                let (work, y) = buf.split_at_mut(sw);
+                let g = h / heads_per_group;
+                let seq = ssm::Seq {
+                    x: &xbc[h * p..],
+                    b: &xbc[di + g * n..],
+                    c: &xbc[di + c.n_groups * n + g * n..],
+                    stride: cd,
+                    dt: &dts[h..],
+                    dta: &das[h..],
+                    dt_stride: nh,
+                    d: d_skip[h],
+                    p,
+                    n,
+                    len: t_len,
+                };
+                ssm::ssd_scan(state, &seq, work, &mut y[..t_len * p]);
+            },
+        );
         for (h, wk) in s.work.chunks_exact(wl).enumerate() {
-            st.ssm[h * p * n..(h + 1) * p * n].copy_from_slice(&wk[..p * n]);
-            let y0 = p * n + CHUNK * CHUNK + 3 * CHUNK;
             for t in 0..t_len {
                 s.y[t * di + h * p..t * di + (h + 1) * p]
-                    .copy_from_slice(&wk[y0 + t * p..y0 + (t + 1) * p]);
+                    .copy_from_slice(&wk[sw + t * p..sw + (t + 1) * p]);
             }
         }
         for t in 0..t_len {

@@ -158,4 +158,7 @@ pub(crate) static TABLE: Table = Table {
     q4_k: q4_k_rows,
     q5_k: q5_k_rows,
     q6_k: q6_k_rows,
+    q4_0_mm: None,
+    q8_0_mm: None,
+    f16_mm: None,
 };

@@ -116,7 +116,7 @@ pub(crate) unsafe fn one_bf16(p: *const u8, i: usize) -> f32 {
 }
 
 /// Bytes between the end of the rows being dotted and the prefetch position.
-pub(crate) const PF_AHEAD: usize = 2048;
+pub(crate) const PF_AHEAD: usize = 8192;
 
 /// Prefetches the cache lines covering `bytes + 64` bytes from `p` (weights streaming from
 /// memory: a kernel working on a group of rows prefetches the next group at the same pace).
@@ -174,10 +174,21 @@ macro_rules! drive_rows {
         let base = $rows.as_ptr();
         let nb: usize = $nb;
         let n = $out.len();
+        // The first stretch of the rows, which the running prefetch starts beyond.
+        crate::x86::prefetch(base, crate::x86::PF_AHEAD.min($rows.len()));
         let mut i = 0;
+        // Prefetching stops at the end of the rows (beyond it, it re-touches the rows at hand):
+        // another thread may be reading what follows.
+        let pf_at = |at: usize, len: usize| {
+            if at + len <= $rows.len() {
+                base.wrapping_add(at)
+            } else {
+                base.wrapping_add(at.min($rows.len()).saturating_sub(len))
+            }
+        };
         while i + $r <= n {
             let p: [*const u8; $r] = core::array::from_fn(|k| base.wrapping_add((i + k) * $rb));
-            let pf = base.wrapping_add((i + $r) * $rb + crate::x86::PF_AHEAD);
+            let pf = pf_at((i + $r) * $rb + crate::x86::PF_AHEAD, $r * $rb);
             // SAFETY: rows `i..i + R` lie inside `rows` (`rows.len() == out.len() * rb`, the
             // `RowsFn` contract), each `nb` blocks long, and `act` matches them; `pf` is only
             // prefetched.
@@ -186,7 +197,7 @@ macro_rules! drive_rows {
             i += $r;
         }
         while i < n {
-            let pf = base.wrapping_add((i + 1) * $rb + crate::x86::PF_AHEAD);
+            let pf = pf_at((i + 1) * $rb + crate::x86::PF_AHEAD, $rb);
             // SAFETY: as above, for the single row `i`.
             $out[i] = unsafe { $k::<1>([base.wrapping_add(i * $rb)], pf, 0, nb, $act) }[0];
             i += 1;
