@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,7 +100,6 @@ fn device_flag_without_a_gpu_fails_cleanly() {
 mod gpu {
     use super::*;
     use std::collections::HashMap;
-    use std::io::Read;
 
     use cheems::blocks::attention::attend;
     use cheems::blocks::cdmoe::{route, MoeScratch};
@@ -106,7 +107,7 @@ mod gpu {
     use cheems::blocks::rope::RopeTable;
     use cheems::config::{Rope, RopePairing};
     use cheems::cuda::ops::Ops;
-    use cheems::npy::{self, Array};
+    use cheems::npy::Array;
     use cheems_kernels::matvec::{matvec, Activation, MatRef};
     use cheems_kernels::pool::Pool;
 
@@ -389,19 +390,7 @@ mod gpu {
     }
 
     fn reference(name: &str) -> HashMap<String, Array> {
-        let f = std::fs::File::open(fixture(name).join("reference.npz")).unwrap();
-        let mut z = zip::ZipArchive::new(f).unwrap();
-        let mut out = HashMap::new();
-        for i in 0..z.len() {
-            let mut e = z.by_index(i).unwrap();
-            let mut bytes = Vec::new();
-            e.read_to_end(&mut bytes).unwrap();
-            out.insert(
-                e.name().trim_end_matches(".npy").to_string(),
-                npy::parse(&bytes).unwrap(),
-            );
-        }
-        out
+        common::read_npz(&fixture(name).join("reference.npz"))
     }
 
     fn tokens(a: &Array) -> Vec<u32> {
@@ -480,18 +469,7 @@ mod gpu {
                 Device::Cuda(0),
             )
             .unwrap();
-            let mut logits = s.prefill(&prompt).unwrap().to_vec();
-            let mut got = Vec::new();
-            for _ in 0..want.len() {
-                let next = logits
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i as u32)
-                    .unwrap();
-                got.push(next);
-                logits = s.decode(next).unwrap().to_vec();
-            }
+            let got = common::greedy(&mut s, &prompt, want.len());
             assert_eq!(
                 got, want,
                 "{name}: GPU greedy tokens differ from transformers' generate"

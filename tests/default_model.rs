@@ -10,29 +10,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use cheems::npy::{self, Array};
+use cheems::npy::Array;
 use cheems::{Model, Session, SessionOptions};
 
 fn reference() -> HashMap<String, Array> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/default_model/reference.npz");
-    let mut z = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
-    let mut out = HashMap::new();
-    for i in 0..z.len() {
-        let mut e = z.by_index(i).unwrap();
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        out.insert(
-            e.name().trim_end_matches(".npy").to_string(),
-            npy::parse(&bytes).unwrap(),
-        );
-    }
-    out
+    common::read_npz(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/default_model/reference.npz"),
+    )
 }
 
 #[test]

@@ -6,12 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cheems::npy::{self, Array};
+use cheems::npy::Array;
 use cheems::{Model, Session, SessionOptions};
 use cheems_formats::GgmlType;
 use cheems_quantize::Options;
@@ -26,19 +27,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The arrays of a fixture's `reference.npz`.
 fn reference(name: &str) -> HashMap<String, Array> {
-    let f = std::fs::File::open(fixture(name).join("reference.npz")).unwrap();
-    let mut z = zip::ZipArchive::new(f).unwrap();
-    let mut out = HashMap::new();
-    for i in 0..z.len() {
-        let mut e = z.by_index(i).unwrap();
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        out.insert(
-            e.name().trim_end_matches(".npy").to_string(),
-            npy::parse(&bytes).unwrap(),
-        );
-    }
-    out
+    common::read_npz(&fixture(name).join("reference.npz"))
 }
 
 fn load(name: &str, ty: GgmlType) -> (tempfile::TempDir, Arc<Model>) {
@@ -123,18 +112,7 @@ fn greedy_generation_matches_transformers_generate() {
             },
         )
         .unwrap();
-        let mut logits = s.prefill(&prompt).unwrap().to_vec();
-        let mut got = Vec::new();
-        for _ in 0..want.len() {
-            let next = logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as u32)
-                .unwrap();
-            got.push(next);
-            logits = s.decode(next).unwrap().to_vec();
-        }
+        let got = common::greedy(&mut s, &prompt, want.len());
         assert_eq!(
             got, want,
             "{name}: greedy tokens differ from transformers' generate"
