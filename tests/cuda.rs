@@ -442,16 +442,7 @@ mod gpu {
                     .fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
                 worst = worst.max(err);
                 if err > tol {
-                    let hidden = &r["hidden"];
-                    let (n_t, h) = (hidden.shape[1], hidden.shape[2]);
-                    let first = (0..hidden.shape[0]).find(|&l| {
-                        let ours = &traces[t][l * h..(l + 1) * h];
-                        let theirs = &hidden.data[(l * n_t + t) * h..(l * n_t + t + 1) * h];
-                        let s = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
-                        ours.iter()
-                            .zip(theirs)
-                            .any(|(a, b)| (f64::from(*a) - b).abs() > 1e-3 * s.max(1.0))
-                    });
+                    let first = common::first_diverging_layer(&r["hidden"], &traces[t], t, 1e-3);
                     panic!("{name}: token {t}: GPU logits differ by {err:.3e} (tolerance {tol:.3e}); first diverging layer output: {first:?} (0 = embeddings)");
                 }
             }

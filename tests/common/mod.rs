@@ -47,3 +47,18 @@ pub fn greedy(s: &mut Session, prompt: &[u32], n: usize) -> Vec<u32> {
     }
     got
 }
+
+/// The first layer whose residual stream (ours: `trace`, `[L+1][H]` flattened, for token `t`)
+/// differs from the reference `hidden` (`[L+1, T, H]`) by more than `rel` of the layer's scale;
+/// 0 is the embeddings. Names where a logit mismatch starts.
+pub fn first_diverging_layer(hidden: &Array, trace: &[f32], t: usize, rel: f64) -> Option<usize> {
+    let (n_t, h) = (hidden.shape[1], hidden.shape[2]);
+    (0..hidden.shape[0]).find(|&l| {
+        let ours = &trace[l * h..(l + 1) * h];
+        let theirs = &hidden.data[(l * n_t + t) * h..(l * n_t + t + 1) * h];
+        let s = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
+        ours.iter()
+            .zip(theirs)
+            .any(|(a, b)| (f64::from(*a) - b).abs() > rel * s.max(1.0))
+    })
+}
