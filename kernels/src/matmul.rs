@@ -337,6 +337,11 @@ mod tests {
     use cheems_formats::blocks::quantize_row;
 
     /// Activations (`nx` values) and weights (`nw`) in [-0.5, 0.5) from a seeded LCG.
+    /// Σ|x·w|, the scale a product's rounding error is measured against.
+    fn abs_dot(x: &[f32], w: &[f32]) -> f32 {
+        x.iter().zip(w).map(|(a, b)| (a * b).abs()).sum()
+    }
+
     fn random_inputs(seed: u64, nx: usize, nw: usize) -> (Vec<f32>, Vec<f32>) {
         let mut s = seed;
         let mut rnd = || {
@@ -407,11 +412,7 @@ mod tests {
                                 continue;
                             }
                             for r in 0..rows {
-                                let mag: f32 = x
-                                    .iter()
-                                    .zip(&wf[r * cols..(r + 1) * cols])
-                                    .map(|(a, b)| (a * b).abs())
-                                    .sum();
+                                let mag = abs_dot(x, &wf[r * cols..(r + 1) * cols]);
                                 assert!(
                                     (got[r] - y[r]).abs() <= 1e-5 * mag.max(1.0),
                                     "{level} {ty} {rows}x{cols} n {n} token {t} row {r}: {} vs {}",
@@ -453,11 +454,7 @@ mod tests {
                     let mut y = vec![0f32; rows];
                     crate::matvec::matvec_at(Level::Scalar, &w, &act, x, &mut y, &pool);
                     for r in 0..rows {
-                        let mag: f32 = x
-                            .iter()
-                            .zip(&wf[r * cols..(r + 1) * cols])
-                            .map(|(a, b)| (a * b).abs())
-                            .sum();
+                        let mag = abs_dot(x, &wf[r * cols..(r + 1) * cols]);
                         let got = ys[t * rows + r];
                         assert!(
                             (got - y[r]).abs() <= 1e-5 * mag.max(1.0),
