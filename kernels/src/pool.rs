@@ -1,14 +1,21 @@
 //! A small private thread pool for kernels: `threads - 1` persistent workers plus the calling
-//! thread share the chunks of one job at a time, taken from an atomic counter.
+//! thread share the chunks of one job at a time, claimed from one atomic word.
 //!
 //! Why not rayon: every `install` from a thread outside a rayon pool pushes onto rayon's injector
 //! queue, which allocates a new block every 63 jobs, and decoding must not allocate. Publishing a
 //! job here takes an uncontended lock and allocates nothing.
 //!
+//! The caller never waits for a worker that has not joined the job. Chunks are claimed with a
+//! compare-and-swap on a word that holds the job's epoch and the next chunk index, so a worker
+//! that wakes late (its core was given to another process) cannot take a chunk of a job it did
+//! not see published; the caller waits only for chunks that were claimed and are still running.
+//! On a machine whose cores are shared with other work, a job therefore finishes on the threads
+//! that are running, instead of stalling for a descheduled worker's next time slice.
+//!
 //! Decoding publishes a job every few microseconds (one per matrix product), so waiting threads
-//! first spin for a short while ([`SPIN`] rounds, pausing, then yielding the core) on the job's generation
-//! and on the count of busy workers, and only then sleep on a condvar; a wake-up is sent only to
-//! a thread that sleeps. An idle session's workers are asleep after that short spin.
+//! first spin for a short while ([`SPIN`] rounds, pausing, then yielding the core), and only then
+//! sleep on a condvar; a wake-up is sent only to a thread that sleeps. An idle session's workers
+//! are asleep after that short spin.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,16 +26,16 @@ use std::thread::JoinHandle;
 #[derive(Clone, Copy)]
 struct Job(*const (dyn Fn(usize) + Sync));
 
-// SAFETY: the pointer is only dereferenced between publication and the end of `Pool::run`,
-// which waits until every worker is done with it; the closure itself is `Sync`.
+// SAFETY: the pointer is only dereferenced by a thread that has claimed one of the job's chunks,
+// and `Pool::run` does not return before every claimed chunk has finished; the closure itself is
+// `Sync`.
 unsafe impl Send for Job {}
 
+/// What a worker reads under the lock: the job of `epoch`.
 struct State {
-    generation: u64,
+    epoch: u32,
     job: Option<Job>,
     n_chunks: usize,
-    /// Workers still inside the current job.
-    busy: usize,
     shutdown: bool,
 }
 
@@ -36,15 +43,21 @@ struct Shared {
     state: Mutex<State>,
     work: Condvar,
     done: Condvar,
-    next: AtomicUsize,
+    /// `epoch << 32 | next chunk index` of the current job.
+    claim: AtomicU64,
+    /// Chunks of the current job that have finished (a panicking chunk counts as finished).
+    finished: AtomicUsize,
     panicked: AtomicBool,
-    /// The generation of the job published last (mirrors `State::generation` for spinners).
+    /// The first panic's payload, re-raised by the caller.
+    payload: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// The epoch of the job published last (mirrors `State::epoch` for spinners).
     published: AtomicU64,
-    /// Workers still inside the current job (mirrors `State::busy` for the spinning caller).
-    remaining: AtomicUsize,
     /// Workers asleep on `work`, and whether the caller sleeps on `done` (changed under the lock).
     sleepers: AtomicUsize,
     caller_sleeps: AtomicBool,
+    /// Tests: workers stop between reading a job and claiming its chunks while this is set.
+    #[cfg(test)]
+    hold_workers: AtomicBool,
 }
 
 /// Rounds a waiting thread spins before it sleeps: the first [`SPIN_PAUSE`] are `spin_loop`
@@ -82,20 +95,23 @@ impl Pool {
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                generation: 0,
+                epoch: 0,
                 job: None,
                 n_chunks: 0,
-                busy: 0,
                 shutdown: false,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
-            next: AtomicUsize::new(0),
+            // Epoch 0 has no chunks to claim: its index is already past any count.
+            claim: AtomicU64::new(u64::from(u32::MAX)),
+            finished: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            payload: Mutex::new(None),
             published: AtomicU64::new(0),
-            remaining: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             caller_sleeps: AtomicBool::new(false),
+            #[cfg(test)]
+            hold_workers: AtomicBool::new(false),
         });
         let mut workers = Vec::new();
         for i in 1..threads.max(1) {
@@ -115,51 +131,56 @@ impl Pool {
     }
 
     /// Calls `f(i)` for every `i < n_chunks`, spread over the pool; returns when all are done.
-    /// A panic in `f` is re-raised here after every thread has left the job.
+    /// A panic in `f` is re-raised here after every chunk has finished.
     pub fn run(&self, n_chunks: usize, f: &(dyn Fn(usize) + Sync)) {
         if self.workers.is_empty() || n_chunks <= 1 {
             (0..n_chunks).for_each(f);
             return;
         }
+        // Chunk indices live in the low half of the claim word.
+        let n_chunks = n_chunks.min(u32::MAX as usize - 1);
         let s = &*self.shared;
-        // SAFETY: erases the borrow's lifetime for publication; this function does not return
-        // before every worker has finished with the job (`busy == 0`), and the job is cleared
-        // before returning, so the pointer never outlives `f`.
+        // SAFETY: erases the borrow's lifetime for publication; a thread dereferences the pointer
+        // only after claiming a chunk of this epoch, this function does not return before every
+        // chunk has finished, and no chunk of this epoch can be claimed after that (every index
+        // is taken, and the next job changes the epoch).
         let job = Job(unsafe {
             std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
         });
-        {
+        let epoch = {
             let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-            s.next.store(0, Ordering::SeqCst);
+            st.epoch = st.epoch.wrapping_add(1);
             st.job = Some(job);
             st.n_chunks = n_chunks;
-            st.busy = self.workers.len();
-            st.generation = st.generation.wrapping_add(1);
-            s.remaining.store(self.workers.len(), Ordering::SeqCst);
-            s.published.store(st.generation, Ordering::SeqCst);
+            s.finished.store(0, Ordering::SeqCst);
+            s.claim.store(u64::from(st.epoch) << 32, Ordering::SeqCst);
+            s.published.store(u64::from(st.epoch), Ordering::SeqCst);
             if s.sleepers.load(Ordering::SeqCst) > 0 {
                 s.work.notify_all();
             }
-        }
-        let mine = catch_unwind(AssertUnwindSafe(|| take_chunks(s, n_chunks, f)));
+            st.epoch
+        };
+        take_chunks(s, epoch, n_chunks, job);
         let mut spins = 0;
-        while s.remaining.load(Ordering::Acquire) > 0 && spins < SPIN {
+        while s.finished.load(Ordering::SeqCst) < n_chunks && spins < SPIN {
             wait_round(spins);
             spins += 1;
         }
-        let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-        while st.busy > 0 {
+        if s.finished.load(Ordering::SeqCst) < n_chunks {
+            let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
             s.caller_sleeps.store(true, Ordering::SeqCst);
-            st = s.done.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        s.caller_sleeps.store(false, Ordering::SeqCst);
-        st.job = None;
-        drop(st);
-        if let Err(p) = mine {
-            std::panic::resume_unwind(p);
+            while s.finished.load(Ordering::SeqCst) < n_chunks {
+                st = s.done.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            s.caller_sleeps.store(false, Ordering::SeqCst);
+            drop(st);
         }
         if s.panicked.swap(false, Ordering::SeqCst) {
-            panic!("a kernel panicked on a worker thread");
+            let payload = s.payload.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match payload {
+                Some(p) => std::panic::resume_unwind(p),
+                None => panic!("a kernel panicked"),
+            }
         }
     }
 }
@@ -247,13 +268,39 @@ impl Pool {
     }
 }
 
-fn take_chunks(s: &Shared, n: usize, f: &(dyn Fn(usize) + Sync)) {
+/// Claims and runs chunks of the job of `epoch` until none is left; returns at once if that job
+/// is over. A panicking chunk is recorded and counted as finished.
+fn take_chunks(s: &Shared, epoch: u32, n: usize, job: Job) {
+    let mut word = s.claim.load(Ordering::Acquire);
     loop {
-        let i = s.next.fetch_add(1, Ordering::Relaxed);
-        if i >= n {
-            break;
+        let i = (word & u64::from(u32::MAX)) as usize;
+        if (word >> 32) as u32 != epoch || i >= n {
+            return;
         }
-        f(i);
+        match s
+            .claim
+            .compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                // SAFETY: chunk `i` of `epoch` is claimed and not finished, so `Pool::run` of
+                // that epoch is still waiting and the closure it published is alive.
+                let f = unsafe { &*job.0 };
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+                    let mut first = s.payload.lock().unwrap_or_else(|e| e.into_inner());
+                    first.get_or_insert(p);
+                    s.panicked.store(true, Ordering::SeqCst);
+                }
+                if s.finished.fetch_add(1, Ordering::SeqCst) + 1 == n
+                    && s.caller_sleeps.load(Ordering::SeqCst)
+                {
+                    // Under the lock, so the caller cannot miss it between its check and its wait.
+                    let _st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.done.notify_all();
+                }
+                word = s.claim.load(Ordering::Acquire);
+            }
+            Err(now) => word = now,
+        }
     }
 }
 
@@ -265,9 +312,9 @@ fn worker(s: &Shared) {
             wait_round(spins);
             spins += 1;
         }
-        let (job, n) = {
+        let (epoch, job, n) = {
             let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-            while st.generation == seen && !st.shutdown {
+            while u64::from(st.epoch) == seen && !st.shutdown {
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
                 st = s.work.wait(st).unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -275,21 +322,15 @@ fn worker(s: &Shared) {
             if st.shutdown {
                 return;
             }
-            seen = st.generation;
-            (st.job, st.n_chunks)
+            seen = u64::from(st.epoch);
+            (st.epoch, st.job, st.n_chunks)
         };
-        if let Some(Job(ptr)) = job {
-            // SAFETY: `Pool::run` keeps the closure alive until this worker reports done below.
-            let f = unsafe { &*ptr };
-            if catch_unwind(AssertUnwindSafe(|| take_chunks(s, n, f))).is_err() {
-                s.panicked.store(true, Ordering::SeqCst);
-            }
+        #[cfg(test)]
+        while s.hold_workers.load(Ordering::SeqCst) {
+            std::thread::yield_now();
         }
-        let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.busy -= 1;
-        s.remaining.fetch_sub(1, Ordering::Release);
-        if st.busy == 0 && s.caller_sleeps.load(Ordering::SeqCst) {
-            s.done.notify_all();
+        if let Some(job) = job {
+            take_chunks(s, epoch, n, job);
         }
     }
 }
@@ -332,11 +373,73 @@ mod tests {
         let r = catch_unwind(AssertUnwindSafe(|| {
             pool.run(8, &|i| assert!(i != 5, "chunk 5"))
         }));
-        assert!(r.is_err());
+        let msg = r.expect_err("the panic is re-raised");
+        assert_eq!(
+            msg.downcast_ref::<&str>(),
+            Some(&"chunk 5"),
+            "the chunk's own message"
+        );
         let count = AtomicUsize::new(0);
         pool.run(8, &|_| {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn back_to_back_jobs_run_every_chunk_once() {
+        // Many short jobs in a row: a worker that wakes late must not take a chunk of a job it
+        // did not see published, nor miss one of the job it did.
+        let pool = Pool::new(3).expect("threads");
+        let hits: Vec<AtomicUsize> = (0..9).map(|_| AtomicUsize::new(0)).collect();
+        for round in 0..20_000usize {
+            let n = 2 + round % 8;
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            for (i, h) in hits.iter().enumerate() {
+                assert_eq!(
+                    h.swap(0, Ordering::Relaxed),
+                    usize::from(i < n),
+                    "round {round}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_does_not_wait_for_a_worker_that_is_not_running() {
+        // The worker sees the job published and is then held before it claims a chunk, as a
+        // worker whose core went to another process is: the caller must finish the job alone,
+        // and the late worker must then take nothing of it.
+        let pool = Pool::new(2).expect("threads");
+        pool.shared.hold_workers.store(true, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let me = std::thread::current().id();
+                let mine = AtomicUsize::new(0);
+                pool.run(6, &|_| {
+                    if std::thread::current().id() == me {
+                        mine.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                tx.send(mine.load(Ordering::Relaxed)).expect("send");
+            });
+            let mine = rx.recv_timeout(std::time::Duration::from_secs(20));
+            pool.shared.hold_workers.store(false, Ordering::SeqCst);
+            assert_eq!(
+                mine,
+                Ok(6),
+                "the caller ran every chunk without waiting for the worker"
+            );
+        });
+        let count = AtomicUsize::new(0);
+        for _ in 0..100 {
+            pool.run(5, &|_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 500);
     }
 }
