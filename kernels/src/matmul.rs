@@ -428,11 +428,20 @@ mod tests {
     }
 
     /// The F16 kernel against the scalar row dots, at every level that has it; row counts off
-    /// the register blocks, batches off the groups of 16, rows longer than a segment.
+    /// the register blocks (every remainder of 6 rows), batches off the groups of 16, rows longer
+    /// than a segment.
     #[test]
     fn f16_tiles_match_the_scalar_dots() {
         let pool = Pool::new(2).unwrap();
-        for (rows, cols, n) in [(13, 64, 8), (70, 256, 17), (7, 1040, 33), (12, 16, 16)] {
+        for (rows, cols, n) in [
+            (13, 64, 8),
+            (70, 256, 17),
+            (7, 1040, 33),
+            (12, 16, 16),
+            (17, 64, 20),
+            (9, 48, 5),
+            (8, 32, 40),
+        ] {
             let (xs, wf) = random_inputs((rows * 7 + n) as u64, n * cols, rows * cols);
             let data = quantize_rows(GgmlType::F16, &wf, cols);
             let w = MatRef {

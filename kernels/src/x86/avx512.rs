@@ -393,7 +393,7 @@ unsafe fn q8_0_mm(rows: &[u8], rb: usize, acts: &[ActView<'_>], out: *mut f32, l
 }
 
 /// F16 rows per register block of the F16 prefill kernel.
-const F16_RB: usize = 3;
+const F16_RB: usize = 6;
 /// Values of a row converted to f32 at a time (the per-task buffer is `F16_RB · F16_SEG`).
 const F16_SEG: usize = 2048;
 
@@ -565,6 +565,9 @@ unsafe fn f16_mm(
             unsafe {
                 let (w, x) = (wf.as_ptr(), xt.as_ptr());
                 match nr {
+                    6 => rows_block::<6>(w, x, cols, n, k0, kn, out, ld, r0),
+                    5 => rows_block::<5>(w, x, cols, n, k0, kn, out, ld, r0),
+                    4 => rows_block::<4>(w, x, cols, n, k0, kn, out, ld, r0),
                     3 => rows_block::<3>(w, x, cols, n, k0, kn, out, ld, r0),
                     2 => rows_block::<2>(w, x, cols, n, k0, kn, out, ld, r0),
                     _ => rows_block::<1>(w, x, cols, n, k0, kn, out, ld, r0),
