@@ -15,11 +15,10 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use cheems_formats::GgmlType;
 use cheems_kernels::matmul::{self, Activations};
 use cheems_kernels::matvec::MatRef;
 use cheems_kernels::pool::Pool;
-use common::matrix;
+use common::{matrix, TYPES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const SHAPES: [(&str, usize, usize); 3] = [
@@ -32,7 +31,8 @@ const BATCH: usize = 128;
 fn prefill(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul");
     let pools = [Pool::new(1).unwrap(), Pool::new(2).unwrap()];
-    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16] {
+    // The types with tile kernels: Q4_0, Q8_0, F16 (the first three of the common list).
+    for ty in TYPES.into_iter().take(3) {
         for (name, rows, cols) in SHAPES {
             let data = matrix(ty, rows, cols, 7);
             let w = MatRef {
