@@ -61,19 +61,30 @@ fn dot_rows_d<const D: usize>(
     }
 }
 
-/// `sum_rows` for rows of exactly `D` values, the output held in registers.
+/// `sum_rows` for rows of exactly `D` values, the output held in registers: even and odd rows
+/// into two sets of accumulators (two independent chains of multiply-adds, so the adds do not
+/// wait on each other's latency), added at the end.
 #[inline(always)]
 fn sum_rows_d<const D: usize>(w: &[f32], base: &[f32], stride: usize, out: &mut [f32; D]) {
-    let mut acc = [0f32; D];
-    for (j, &a) in w.iter().enumerate() {
-        let Some(v) = base.get(j * stride..).and_then(|r| r.first_chunk::<D>()) else {
+    let row = |j: usize| base.get(j * stride..).and_then(|r| r.first_chunk::<D>());
+    let (mut even, mut odd) = ([0f32; D], [0f32; D]);
+    let pairs = w.len() / 2;
+    for j in 0..pairs {
+        let (a, b) = (w[2 * j], w[2 * j + 1]);
+        let (Some(u), Some(v)) = (row(2 * j), row(2 * j + 1)) else {
             continue; // unreachable: the caller checked the extent
         };
         for i in 0..D {
-            acc[i] = a.mul_add(v[i], acc[i]);
+            even[i] = a.mul_add(u[i], even[i]);
+            odd[i] = b.mul_add(v[i], odd[i]);
         }
     }
-    *out = acc;
+    if let (Some(&a), Some(u)) = (w.get(2 * pairs), row(2 * pairs)) {
+        for i in 0..D {
+            even[i] = a.mul_add(u[i], even[i]);
+        }
+    }
+    *out = core::array::from_fn(|i| even[i] + odd[i]);
 }
 
 #[inline(always)]
