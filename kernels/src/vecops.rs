@@ -166,6 +166,51 @@ fn silu_mul_lanes(y: &mut [f32], z: &[f32]) {
     y.iter_mut().zip(z).for_each(|(a, &b)| *a *= silu_lane(b));
 }
 
+/// Reference softmax in place: `x[i] = exp(x[i] − max) / Σ exp(x[j] − max)`, libm's `exp`,
+/// sequential sums.
+pub fn softmax_ref(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Softmax with the maximum and the sum in 16 lanes and the vector `exp` ([`exp_lane`]).
+#[inline(always)]
+fn softmax_lanes(x: &mut [f32]) {
+    const L: usize = 16;
+    let mut m = [f32::NEG_INFINITY; L];
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            m[i] = m[i].max(c[i]);
+        }
+    }
+    let max = chunks.remainder().iter().copied().fold(
+        m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        f32::max,
+    );
+    let mut acc = [0f32; L];
+    let mut chunks = x.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            c[i] = exp_lane(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut sum = tree_sum16(&acc);
+    for v in chunks.into_remainder() {
+        *v = exp_lane(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
 /// Sequential reference: `Σ a[i]·b[i]` over the shorter length.
 pub fn dot_ref(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
@@ -364,6 +409,20 @@ mod x86 {
 
     /// # Safety
     /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn softmax_avx512(x: &mut [f32]) {
+        super::softmax_lanes(x)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_avx2(x: &mut [f32]) {
+        super::softmax_lanes(x)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
         super::dot_lanes::<16>(a, b)
@@ -434,6 +493,27 @@ pub fn silu_mul_at(lvl: Level, y: &mut [f32], z: &[f32]) {
         Level::Neon => silu_mul_lanes(y, z),
         _ => y.iter_mut().zip(z).for_each(|(a, &b)| *a *= silu_ref(b)),
     }
+}
+
+/// Softmax in place at `lvl` (the vector `exp`, within 1e-6 of [`softmax_ref`] relative to the
+/// largest weight).
+pub fn softmax_at(lvl: Level, x: &mut [f32]) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe { x86::softmax_avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe { x86::softmax_avx2(x) },
+        Level::Neon => softmax_lanes(x),
+        _ => softmax_ref(x),
+    }
+}
+
+/// [`softmax_at`] at the active level.
+#[inline]
+pub fn softmax(x: &mut [f32]) {
+    softmax_at(level(), x)
 }
 
 /// `out[j] = scale · (q · rows[j])` for `out.len()` rows at `base[j · stride..]`, at `lvl`.
@@ -574,6 +654,36 @@ mod tests {
                     z[i],
                     m[i]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_at_every_level_matches_the_scalar_twin() {
+        let mut s = 0x9e37_79b9u32;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 40.0 - 20.0
+        };
+        for n in [1usize, 5, 16, 17, 100, 513] {
+            let mut x: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            if n > 5 {
+                // A masked score and a far-below-the-maximum one.
+                x[3] = f32::NEG_INFINITY;
+                x[4] = -1.0e4;
+            }
+            let mut want = x.clone();
+            softmax_ref(&mut want);
+            for lvl in available_levels() {
+                let mut got = x.clone();
+                softmax_at(lvl, &mut got);
+                let sum: f32 = got.iter().sum();
+                assert!((sum - 1.0).abs() <= 1e-5, "{lvl} n {n}: sum {sum}");
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-6, "{lvl} n {n} [{i}]: {a} vs {b}");
+                }
             }
         }
     }

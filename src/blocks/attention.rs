@@ -82,7 +82,7 @@ pub fn attend<'a>(
     for (j, a) in att.iter_mut().enumerate() {
         *a = vecops::dot(q, key(j)) * scale + bias(j);
     }
-    softmax(att);
+    vecops::softmax(att);
     out.fill(0.0);
     for (j, &a) in att.iter().enumerate() {
         vecops::axpy(a, value(j), out);
@@ -153,18 +153,6 @@ pub fn add_bias(x: &mut [f32], b: &Option<Vec<f32>>) {
     }
 }
 
-/// Softmax in place.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
 impl Attention {
     pub fn bind(b: &Binder<'_>, layer: usize, c: &Config) -> Result<Self> {
         Ok(Attention {
@@ -230,7 +218,7 @@ impl Attention {
                     scale,
                     a,
                 );
-                softmax(a);
+                vecops::softmax(a);
                 vecops::sum_rows(a, &vs[off..], kvd, &mut outs[t * hd..(t + 1) * hd]);
             }
         });
