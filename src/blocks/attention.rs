@@ -65,28 +65,26 @@ impl Qkvo {
     }
 }
 
-/// Softmax attention of one query head over `n` keys:
+/// Softmax attention of one query head over `n` keys and values stored as contiguous rows of
+/// `q.len()` values (`keys[j·d..]`, `values[j·d..]`):
 /// `out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j`, with `att` as scratch for the weights.
 #[allow(clippy::too_many_arguments)]
-pub fn attend<'a>(
+pub fn attend(
     q: &[f32],
     n: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    value: impl Fn(usize) -> &'a [f32],
-    bias: impl Fn(usize) -> f32,
+    keys: &[f32],
+    values: &[f32],
+    bias: &[f32],
     scale: f32,
     att: &mut [f32],
     out: &mut [f32],
 ) {
+    let d = q.len();
     let att = &mut att[..n];
-    for (j, a) in att.iter_mut().enumerate() {
-        *a = vecops::dot(q, key(j)) * scale + bias(j);
-    }
+    vecops::dot_rows(q, &keys[..n * d], d, scale, att);
+    att.iter_mut().zip(&bias[..n]).for_each(|(a, b)| *a += b);
     vecops::softmax(att);
-    out.fill(0.0);
-    for (j, &a) in att.iter().enumerate() {
-        vecops::axpy(a, value(j), out);
-    }
+    vecops::sum_rows(att, &values[..n * d], d, out);
 }
 
 /// Plain causal grouped-query attention (llama).

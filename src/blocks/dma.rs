@@ -178,9 +178,9 @@ impl Dma {
                 attend(
                     &qs[h * hd..(h + 1) * hd],
                     lens[h / group],
-                    |j| &ks[(base + j) * hd..(base + j + 1) * hd],
-                    |j| &vs[(base + j) * hd..(base + j + 1) * hd],
-                    |j| sc[base + j],
+                    &ks[base * hd..(base + kw) * hd],
+                    &vs[base * hd..(base + kw) * hd],
+                    &sc[base..base + kw],
                     scale,
                     att,
                     out,
