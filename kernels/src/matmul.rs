@@ -56,7 +56,7 @@ impl Activations {
 /// Batches of at least this many rows take the dequantize-and-GEMM path.
 pub const GEMM_MIN: usize = 8;
 /// Activations handed to a tile kernel at a time.
-const MM_GROUP: usize = 64;
+const MM_GROUP: usize = 128;
 /// Weight rows dequantized at a time by one thread in the GEMM path.
 pub const TILE: usize = 64;
 
@@ -367,12 +367,18 @@ mod tests {
 
     /// The batched product at every level: bit for bit one matvec per row where the level runs
     /// row kernels, within rounding of the scalar twins where it has a tile kernel; row counts
-    /// off the tiles, odd block counts, 1 to 9 activations.
+    /// off the tiles, odd block counts, 1 to 9 activations and one batch over [`MM_GROUP`].
     #[test]
     fn matmul_matches_matvec_per_row_at_every_level() {
         let pool = Pool::new(2).unwrap();
         for (rows, cols) in [(70, 256), (3, 96), (9, 32), (20, 800), (17, 2080)] {
-            for n in [1, 2, 3, 4, 5, 9] {
+            // One shape also with more activations than a tile kernel takes at a time.
+            let ns: &[usize] = if rows == 70 {
+                &[1, 2, 3, 4, 5, 9, MM_GROUP + 3]
+            } else {
+                &[1, 2, 3, 4, 5, 9]
+            };
+            for &n in ns {
                 let (xs, wf) = random_inputs((rows * 31 + n) as u64, n * cols, rows * cols);
                 for ty in [
                     GgmlType::F32,
