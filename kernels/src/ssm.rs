@@ -13,9 +13,15 @@
 //! [`ssd_scan_at`] runs a head over a sequence of tokens in the chunked form
 //! (`architectures.md` eqs. 34-38): per chunk of [`CHUNK`] tokens, the outputs from the state
 //! entering the chunk (a small matrix product), the intra-chunk terms, and the state leaving the
-//! chunk (another small matrix product), with the state held transposed (`[d_state][head_dim]`)
-//! so that both products run along `head_dim` in vector lanes. Its scalar twin
-//! [`ssd_scan_ref`] is the recurrence itself, one [`ssd_step_ref`] per token.
+//! chunk (another small matrix product), with the state held transposed (`[d_state][head_dim]`,
+//! in 16 × 16 tiles on the way in and out) so that both products run along `head_dim` in vector
+//! lanes. Its scalar twin [`ssd_scan_ref`] is the recurrence itself, one [`ssd_step_ref`] per
+//! token.
+//!
+//! The intra-chunk terms need `C_l · B_j` for `j <= l` in a chunk. B and C belong to the group,
+//! not the head, so [`ssd_cb_at`] computes the raw block once per group and chunk (lanes along
+//! `j`, B transposed a tile at a time; scalar twin [`ssd_cb_ref`]) and every head of the group
+//! applies its own decay and Δ to it.
 //!
 //! Not here: Δ (softplus), the conv, the gate and the projections (`src/blocks/ssd.rs`).
 
@@ -139,15 +145,6 @@ impl<'a> Seq<'a> {
     }
 }
 
-/// Tokens per chunk of the chunked scan. The result does not depend on it (the chunked form is
-/// exact); it trades the quadratic intra-chunk work against the state passes.
-pub const CHUNK: usize = 32;
-
-/// Floats of work space [`ssd_scan_at`] needs for a head of `p × n`.
-pub fn scan_work_len(p: usize, n: usize) -> usize {
-    n * p + CHUNK * CHUNK + CHUNK * n + L + 3 * CHUNK
-}
-
 /// The scalar twin of the scan: the recurrence, token by token. `state` is `[p][n]`, `y`
 /// `[len][p]`.
 pub fn ssd_scan_ref(state: &mut [f32], s: &Seq<'_>, y: &mut [f32]) {
@@ -180,6 +177,20 @@ pub(crate) unsafe trait V16: Copy {
     /// `a · b + c`.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     unsafe fn mul(a: Self, b: Self) -> Self;
+    /// A 16 × 16 tile transposed: `dst[c * ds + r] = src[r * ss + c]`.
+    ///
+    /// # Safety
+    /// As for the other methods; 16 rows of 16 readable floats at `src` (row stride `ss`), of
+    /// 16 writable floats at `dst` (row stride `ds`), not overlapping.
+    #[inline(always)]
+    unsafe fn transpose16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        for r in 0..L {
+            for c in 0..L {
+                // SAFETY: inside the tiles (caller).
+                unsafe { *dst.add(c * ds + r) = *src.add(r * ss + c) };
+            }
+        }
+    }
 }
 
 /// The portable lanes (NEON, whose baseline vectorizes them).
@@ -213,66 +224,249 @@ unsafe impl V16 for Arr {
     }
 }
 
-/// The state (transposed, `[n][p]`) read out by `TB` tokens' C: `Σ_k C_t[k] · st[k][i0..]`.
+/// Tokens per chunk of the chunked scan. The result does not depend on it (the chunked form is
+/// exact); it trades the quadratic intra-chunk work against the state passes.
+pub const CHUNK: usize = 32;
+
+/// Floats of one chunk's C·Bᵀ block ([`ssd_cb_at`]): `[CHUNK][CHUNK]`.
+pub const CB_LEN: usize = CHUNK * CHUNK;
+
+/// Floats of work space [`ssd_scan_at`] needs for a head of `p × n`.
+pub fn scan_work_len(p: usize, n: usize) -> usize {
+    n * p + CB_LEN + CHUNK * p + 3 * CHUNK
+}
+
+/// Floats of the C·Bᵀ blocks of a run of `len` tokens: one [`CB_LEN`] block per chunk.
+pub fn cb_len(len: usize) -> usize {
+    len.div_ceil(CHUNK) * CB_LEN
+}
+
+/// The scalar twin of [`ssd_cb_at`]: `out[l][j] = C_l · B_j` (a sequential sum over `d_state`)
+/// for `j <= l < q`, zero elsewhere in the `[CHUNK][CHUNK]` block. Token `t`'s B is
+/// `b[t * stride..][..n]`, its C `c[t * stride..][..n]`.
+pub fn ssd_cb_ref(b: &[f32], c: &[f32], stride: usize, n: usize, q: usize, out: &mut [f32]) {
+    let out = &mut out[..CB_LEN];
+    out.fill(0.0);
+    for l in 0..q.min(CHUNK) {
+        let cl = &c[l * stride..l * stride + n];
+        for j in 0..=l {
+            let bj = &b[j * stride..j * stride + n];
+            let mut acc = 0.0;
+            for k in 0..n {
+                acc += cl[k] * bj[k];
+            }
+            out[l * CHUNK + j] = acc;
+        }
+    }
+}
+
+/// Vectors of `L` lanes across a chunk (the `j` of a C·Bᵀ row).
+const NV: usize = CHUNK / L;
+const _: () = assert!(CHUNK.is_multiple_of(L) && CHUNK.is_multiple_of(4));
+
+/// `k` values of B per tile of the C·Bᵀ pass (the tile is transposed on the stack).
+const KT: usize = 32;
+
+/// The C·Bᵀ block with `V` lanes along `j`: B is transposed a tile of `KT` values of `d_state`
+/// at a time (`[KT][CHUNK]`), and four rows `l` accumulate together.
 ///
 /// # Safety
-/// `V`'s features are present; `st` holds `n × p` floats, `i0 + 16 <= p`, each `cs[t]` `n`.
+/// `V`'s features are present on this CPU.
 #[inline(always)]
-unsafe fn from_state<V: V16, const TB: usize>(
+unsafe fn cb_lanes<V: V16>(
+    b: &[f32],
+    c: &[f32],
+    stride: usize,
+    n: usize,
+    q: usize,
+    out: &mut [f32],
+) {
+    let fits = q == 0 || ((q - 1) * stride + n <= b.len() && (q - 1) * stride + n <= c.len());
+    if q > CHUNK || out.len() < CB_LEN || !fits {
+        return ssd_cb_ref(b, c, stride, n, q, out);
+    }
+    let out = &mut out[..CB_LEN];
+    out.fill(0.0);
+    if q == 0 {
+        return;
+    }
+    let mut bt = [0f32; KT * CHUNK];
+    let op = out.as_mut_ptr();
+    let mut kb = 0;
+    while kb < n {
+        let kn = KT.min(n - kb);
+        for j in 0..q {
+            let bj = &b[j * stride + kb..j * stride + kb + kn];
+            for (kk, &v) in bj.iter().enumerate() {
+                bt[kk * CHUNK + j] = v;
+            }
+        }
+        let btp = bt.as_ptr();
+        // SAFETY: rows `l0..l0 + 4 <= CHUNK` of `out` (CB_LEN floats), `bt` rows `kk < kn <=
+        // KT`, C of token `min(l, q - 1)` at `kb + kk < n` (`fits`).
+        unsafe {
+            for l0 in (0..q).step_by(4) {
+                let cs: [*const f32; 4] =
+                    core::array::from_fn(|t| c.as_ptr().add((l0 + t).min(q - 1) * stride + kb));
+                let mut acc = [[V::splat(0.0); NV]; 4];
+                for (t, a) in acc.iter_mut().enumerate() {
+                    for (v, av) in a.iter_mut().enumerate() {
+                        *av = V::load(op.add((l0 + t) * CHUNK + v * L));
+                    }
+                }
+                for kk in 0..kn {
+                    let mut r = [V::splat(0.0); NV];
+                    for (v, rv) in r.iter_mut().enumerate() {
+                        *rv = V::load(btp.add(kk * CHUNK + v * L));
+                    }
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        let cv = V::splat(*cs[t].add(kk));
+                        for (av, rv) in a.iter_mut().zip(&r) {
+                            *av = V::fma(cv, *rv, *av);
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate() {
+                    for (v, av) in a.iter().enumerate() {
+                        av.store(op.add((l0 + t) * CHUNK + v * L));
+                    }
+                }
+            }
+        }
+        kb += kn;
+    }
+    // Only j <= l < q is the block; the rest (rows past q, the upper triangle) is zero.
+    for (l, row) in out.chunks_exact_mut(CHUNK).enumerate() {
+        let from = if l < q { l + 1 } else { 0 };
+        row[from..].fill(0.0);
+    }
+}
+
+/// `dst[c][r] = src[r][c]` for a `rows × cols` `src`, in 16 × 16 tiles ([`V16::transpose16`]),
+/// the edge tiles element by element.
+///
+/// # Safety
+/// `V`'s features are present on this CPU.
+#[inline(always)]
+unsafe fn transpose<V: V16>(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    for r0 in (0..rows).step_by(L) {
+        let r1 = (r0 + L).min(rows);
+        for c0 in (0..cols).step_by(L) {
+            let c1 = (c0 + L).min(cols);
+            if r1 - r0 == L && c1 - c0 == L {
+                // SAFETY: the tile's rows `r0..r0 + 16` and columns `c0..c0 + 16` are inside
+                // both matrices; `src` and `dst` are distinct slices.
+                unsafe {
+                    V::transpose16(
+                        src.as_ptr().add(r0 * cols + c0),
+                        cols,
+                        dst.as_mut_ptr().add(c0 * rows + r0),
+                        rows,
+                    )
+                };
+                continue;
+            }
+            for r in r0..r1 {
+                let s = &src[r * cols + c0..r * cols + c1];
+                for (c, &v) in (c0..c1).zip(s) {
+                    dst[c * rows + r] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Outputs of `TB` tokens `l0..l0 + TB` of a chunk at lanes `i0..i0 + IB·16`: the state entering
+/// the chunk read out by C and decayed, `eacum_l · Σ_k C_l[k] · st[k][i]`, the tokens of the
+/// chunk so far, `Σ_{j < jn} cbs[l][j] · x_j[i]` (`cbs` zero past the diagonal), and the skip.
+///
+/// # Safety
+/// `V`'s features are present; `st` holds `n × p` floats, `i0 + IB·16 <= p`; each `cs[t]` has
+/// `n` floats; `cbs` rows `l0..l0 + TB` (stride [`CHUNK`]) have `jn` floats; tokens `j < jn`
+/// and `l0..l0 + TB` of `xs` (stride `xs_stride`) have `p`; `yp` rows `0..TB` (stride `p`) too.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn outputs<V: V16, const TB: usize, const IB: usize>(
     st: *const f32,
     p: usize,
     n: usize,
     i0: usize,
     cs: [*const f32; TB],
-) -> [V; TB] {
+    ea: [f32; TB],
+    cbs: *const f32,
+    l0: usize,
+    jn: usize,
+    xs: *const f32,
+    xs_stride: usize,
+    d: f32,
+    yp: *mut f32,
+) {
     // SAFETY: the indices stay inside the buffers (caller).
     unsafe {
-        let mut acc = [V::splat(0.0); TB];
+        let mut acc = [[V::splat(0.0); IB]; TB];
         for k in 0..n {
-            let row = V::load(st.add(k * p + i0));
-            for t in 0..TB {
-                acc[t] = V::fma(V::splat(*cs[t].add(k)), row, acc[t]);
+            let mut row = [V::splat(0.0); IB];
+            for (b, r) in row.iter_mut().enumerate() {
+                *r = V::load(st.add(k * p + i0 + b * L));
+            }
+            for (a, c) in acc.iter_mut().zip(&cs) {
+                let cv = V::splat(*c.add(k));
+                for (av, r) in a.iter_mut().zip(&row) {
+                    *av = V::fma(cv, *r, *av);
+                }
             }
         }
-        acc
-    }
-}
-
-#[inline(always)]
-fn dot_l(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..L {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
+        for (a, &e) in acc.iter_mut().zip(&ea) {
+            let ev = V::splat(e);
+            for av in a.iter_mut() {
+                *av = V::mul(*av, ev);
+            }
+        }
+        for j in 0..jn {
+            let mut xj = [V::splat(0.0); IB];
+            for (b, x) in xj.iter_mut().enumerate() {
+                *x = V::load(xs.add(j * xs_stride + i0 + b * L));
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                let cv = V::splat(*cbs.add((l0 + t) * CHUNK + j));
+                for (av, x) in a.iter_mut().zip(&xj) {
+                    *av = V::fma(cv, *x, *av);
+                }
+            }
+        }
+        let dv = V::splat(d);
+        for (t, a) in acc.iter().enumerate() {
+            let xl = xs.add((l0 + t) * xs_stride + i0);
+            for (b, av) in a.iter().enumerate() {
+                V::fma(dv, V::load(xl.add(b * L)), *av).store(yp.add(t * p + b * L));
+            }
         }
     }
-    let h: [f32; 8] = core::array::from_fn(|i| acc[i] + acc[i + 8]);
-    let q: [f32; 4] = core::array::from_fn(|i| h[i] + h[i + 4]);
-    (q[0] + q[2]) + (q[1] + q[3]) + tail
 }
 
-/// The chunked scan with `V` lanes.
+/// The chunked scan with `V` lanes, `IB` vectors of `head_dim` at a time.
 ///
 /// # Safety
 /// `V`'s features are present on this CPU.
 #[inline(always)]
-unsafe fn scan_lanes<V: V16>(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y: &mut [f32]) {
+unsafe fn scan_lanes<V: V16, const IB: usize>(
+    state: &mut [f32],
+    s: &Seq<'_>,
+    cb: &[f32],
+    work: &mut [f32],
+    y: &mut [f32],
+) {
     let (p, n) = (s.p, s.n);
     let fits = s.len == 0
         || ((s.len - 1) * s.stride + p <= s.x.len()
             && (s.len - 1) * s.stride + n <= s.b.len().min(s.c.len())
             && (s.len - 1) * s.dt_stride < s.dt.len().min(s.dta.len()));
-    if p % L != 0
+    if p % (L * IB) != 0
         || n % 8 != 0
         || n == 0
         || !fits
+        || cb.len() < cb_len(s.len)
         || work.len() < scan_work_len(p, n)
         || y.len() < s.len * p
         || state.len() < p * n
@@ -280,18 +474,13 @@ unsafe fn scan_lanes<V: V16>(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y
         return ssd_scan_ref(state, s, y);
     }
     let (st, r) = work.split_at_mut(n * p);
-    let (cb, r) = r.split_at_mut(CHUNK * CHUNK);
-    let (wb, r) = r.split_at_mut(CHUNK * n + L);
+    let (cbs, r) = r.split_at_mut(CB_LEN);
+    let (wx, r) = r.split_at_mut(CHUNK * p);
     let (acum, r) = r.split_at_mut(CHUNK);
     let (eacum, w) = r.split_at_mut(CHUNK);
-    for i in 0..p {
-        for k in 0..n {
-            st[k * p + i] = state[i * n + k];
-        }
-    }
+    // SAFETY: the features are present (caller).
+    unsafe { transpose::<V>(state, p, n, st) };
     let stp = st.as_mut_ptr();
-    let xp = |t: usize| s.x[t * s.stride..].as_ptr();
-    let cp = |t: usize| s.c[t * s.stride..].as_ptr();
     let mut c0 = 0;
     while c0 < s.len {
         let q = CHUNK.min(s.len - c0);
@@ -302,8 +491,8 @@ unsafe fn scan_lanes<V: V16>(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y
             eacum[l] = a.exp();
         }
         let total = acum[q - 1];
-        // C_l · B_j for j <= l, decayed and times Δ_j. The decay exp(acum_l − acum_j) is
-        // eacum_l / eacum_j while the chunk's total decay stays far from underflow.
+        // The group's C_l · B_j (j <= l), decayed and times Δ_j. The decay exp(acum_l − acum_j)
+        // is eacum_l / eacum_j while the chunk's total decay stays far from underflow.
         let ratio = total > -60.0;
         for j in 0..q {
             w[j] = if ratio {
@@ -312,96 +501,117 @@ unsafe fn scan_lanes<V: V16>(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y
                 s.dt(c0 + j)
             };
         }
+        let raw = &cb[(c0 / CHUNK) * CB_LEN..][..CB_LEN];
         for l in 0..q {
-            let cl = s.c(c0 + l);
-            for j in 0..=l {
-                let decay = if ratio {
-                    eacum[l]
-                } else {
-                    (acum[l] - acum[j]).exp()
-                };
-                cb[l * CHUNK + j] = dot_l(cl, s.b(c0 + j)) * decay * w[j];
+            let (rr, row) = (&raw[l * CHUNK..][..=l], &mut cbs[l * CHUNK..][..CHUNK]);
+            let (low, high) = row.split_at_mut(l + 1);
+            if ratio {
+                let el = eacum[l];
+                for ((o, &v), &wj) in low.iter_mut().zip(rr).zip(&w[..=l]) {
+                    *o = v * el * wj;
+                }
+            } else {
+                for (j, (o, &v)) in low.iter_mut().zip(rr).enumerate() {
+                    *o = v * (acum[l] - acum[j]).exp() * w[j];
+                }
             }
+            high.fill(0.0);
         }
         // SAFETY: every pointer below indexes inside its buffer: tokens `c0..c0 + q` are in
-        // the sequence (`fits`), lanes `i0..i0 + 16 <= p`, state rows `k < n`, `wb` rows
-        // `j < q` plus 16 floats of padding, outputs `(c0 + l) * p + i0 + 16 <= len * p`.
+        // the sequence (`fits`), lanes `i0..i0 + IB·16 <= p`, state rows `k < n`, `cbs` rows
+        // `l < q <= CHUNK` and columns `j < q`, `wx` rows `j < q`, outputs
+        // `(c0 + l) * p + i0 + IB·16 <= len * p`.
         unsafe {
-            // The state entering the chunk, read out by C and decayed: 8 tokens at a time.
+            let xs = s.x.as_ptr().add(c0 * s.stride);
+            let cp = |t: usize| s.c.as_ptr().add((c0 + t) * s.stride);
+            let cbp = cbs.as_ptr();
+            // The outputs: 8 tokens at a time, then one.
             let mut l0 = 0;
             while l0 < q {
                 let tb = if q - l0 >= 8 { 8 } else { 1 };
-                for i0 in (0..p).step_by(L) {
+                let jn = q.min(l0 + tb);
+                for i0 in (0..p).step_by(L * IB) {
+                    let yp = y.as_mut_ptr().add((c0 + l0) * p + i0);
                     if tb == 8 {
-                        let acc = from_state::<V, 8>(
+                        outputs::<V, 8, IB>(
                             stp,
                             p,
                             n,
                             i0,
-                            core::array::from_fn(|t| cp(c0 + l0 + t)),
+                            core::array::from_fn(|t| cp(l0 + t)),
+                            core::array::from_fn(|t| eacum[l0 + t]),
+                            cbp,
+                            l0,
+                            jn,
+                            xs,
+                            s.stride,
+                            s.d,
+                            yp,
                         );
-                        for (t, v) in acc.iter().enumerate() {
-                            let l = l0 + t;
-                            V::mul(*v, V::splat(eacum[l]))
-                                .store(y.as_mut_ptr().add((c0 + l) * p + i0));
-                        }
                     } else {
-                        let acc = from_state::<V, 1>(stp, p, n, i0, [cp(c0 + l0)]);
-                        V::mul(acc[0], V::splat(eacum[l0]))
-                            .store(y.as_mut_ptr().add((c0 + l0) * p + i0));
+                        outputs::<V, 1, IB>(
+                            stp,
+                            p,
+                            n,
+                            i0,
+                            [cp(l0)],
+                            [eacum[l0]],
+                            cbp,
+                            l0,
+                            jn,
+                            xs,
+                            s.stride,
+                            s.d,
+                            yp,
+                        );
                     }
                 }
                 l0 += tb;
             }
-            // Tokens of this chunk up to l, and the skip.
-            for l in 0..q {
-                let yl = y.as_mut_ptr().add((c0 + l) * p);
-                for i0 in (0..p).step_by(L) {
-                    let mut acc = V::load(yl.add(i0));
-                    for j in 0..=l {
-                        acc = V::fma(
-                            V::splat(cb[l * CHUNK + j]),
-                            V::load(xp(c0 + j).add(i0)),
-                            acc,
-                        );
-                    }
-                    acc = V::fma(V::splat(s.d), V::load(xp(c0 + l).add(i0)), acc);
-                    acc.store(yl.add(i0));
-                }
-            }
-            // The state leaving the chunk: st[k] = st[k]·exp(total) + Σ_j w_j·B_j[k]·x_j.
+            // The state leaving the chunk: st[k] = st[k]·exp(total) + Σ_j B_j[k]·(w_j·x_j),
+            // w_j = exp(total − acum_j)·Δ_j.
             for j in 0..q {
-                w[j] = (total - acum[j]).exp() * s.dt(c0 + j);
-                let bj = s.b(c0 + j);
-                for k in 0..n {
-                    wb[j * n + k] = w[j] * bj[k];
+                let wj = (total - acum[j]).exp() * s.dt(c0 + j);
+                for (o, &x) in wx[j * p..(j + 1) * p].iter_mut().zip(s.x(c0 + j)) {
+                    *o = wj * x;
                 }
             }
             let et = V::splat(total.exp());
-            let wbp = wb.as_ptr();
+            let wxp = wx.as_ptr();
+            let bs = s.b.as_ptr().add(c0 * s.stride);
             for k0 in (0..n).step_by(8) {
-                for i0 in (0..p).step_by(L) {
-                    let mut acc: [V; 8] =
-                        core::array::from_fn(|kk| V::mul(V::load(stp.add((k0 + kk) * p + i0)), et));
+                for i0 in (0..p).step_by(L * IB) {
+                    let mut acc = [[V::splat(0.0); IB]; 8];
+                    for (kk, a) in acc.iter_mut().enumerate() {
+                        for (b, av) in a.iter_mut().enumerate() {
+                            *av = V::mul(V::load(stp.add((k0 + kk) * p + i0 + b * L)), et);
+                        }
+                    }
                     for j in 0..q {
-                        let xj = V::load(xp(c0 + j).add(i0));
+                        let mut xj = [V::splat(0.0); IB];
+                        for (b, x) in xj.iter_mut().enumerate() {
+                            *x = V::load(wxp.add(j * p + i0 + b * L));
+                        }
+                        let bj = bs.add(j * s.stride + k0);
                         for (kk, a) in acc.iter_mut().enumerate() {
-                            *a = V::fma(V::splat(*wbp.add(j * n + k0 + kk)), xj, *a);
+                            let bv = V::splat(*bj.add(kk));
+                            for (av, x) in a.iter_mut().zip(&xj) {
+                                *av = V::fma(bv, *x, *av);
+                            }
                         }
                     }
                     for (kk, a) in acc.iter().enumerate() {
-                        a.store(stp.add((k0 + kk) * p + i0));
+                        for (b, av) in a.iter().enumerate() {
+                            av.store(stp.add((k0 + kk) * p + i0 + b * L));
+                        }
                     }
                 }
             }
         }
         c0 += q;
     }
-    for i in 0..p {
-        for k in 0..n {
-            state[i * n + k] = st[k * p + i];
-        }
-    }
+    // SAFETY: as above.
+    unsafe { transpose::<V>(st, n, p, state) };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -498,22 +708,116 @@ mod x86 {
         unsafe fn mul(a: Self, b: Self) -> Self {
             Z(_mm512_mul_ps(a.0, b.0))
         }
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn transpose16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+            // SAFETY: 16 rows of 16 floats at `src` and `dst` (trait contract).
+            unsafe {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, v) in r.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(src.add(i * ss));
+                }
+                // Pairs of rows interleaved, then pairs of pairs: each 128-bit lane holds a
+                // 4 × 4 block transposed; the two lane shuffles put the blocks in place.
+                let mut t = [_mm512_setzero_ps(); 16];
+                for m in 0..8 {
+                    t[2 * m] = _mm512_unpacklo_ps(r[2 * m], r[2 * m + 1]);
+                    t[2 * m + 1] = _mm512_unpackhi_ps(r[2 * m], r[2 * m + 1]);
+                }
+                let lo = |a: __m512, b: __m512| {
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+                };
+                let hi = |a: __m512, b: __m512| {
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+                };
+                for m in 0..4 {
+                    let b = 4 * m;
+                    r[b] = lo(t[b], t[b + 2]);
+                    r[b + 1] = hi(t[b], t[b + 2]);
+                    r[b + 2] = lo(t[b + 1], t[b + 3]);
+                    r[b + 3] = hi(t[b + 1], t[b + 3]);
+                }
+                for h in 0..2 {
+                    let b = 8 * h;
+                    for i in 0..4 {
+                        t[b + i] = _mm512_shuffle_f32x4::<0x88>(r[b + i], r[b + 4 + i]);
+                        t[b + 4 + i] = _mm512_shuffle_f32x4::<0xdd>(r[b + i], r[b + 4 + i]);
+                    }
+                }
+                for i in 0..8 {
+                    r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[8 + i]);
+                    r[8 + i] = _mm512_shuffle_f32x4::<0xdd>(t[i], t[8 + i]);
+                }
+                for (i, v) in r.iter().enumerate() {
+                    _mm512_storeu_ps(dst.add(i * ds), *v);
+                }
+            }
+        }
     }
 
     /// # Safety
     /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scan_avx2(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y: &mut [f32]) {
+    pub unsafe fn scan_avx2(
+        state: &mut [f32],
+        s: &Seq<'_>,
+        cb: &[f32],
+        work: &mut [f32],
+        y: &mut [f32],
+    ) {
         // SAFETY: the features are present (caller).
-        unsafe { super::scan_lanes::<Y2>(state, s, work, y) }
+        unsafe { super::scan_lanes::<Y2, 1>(state, s, cb, work, y) }
     }
 
     /// # Safety
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f,fma")]
-    pub unsafe fn scan_avx512(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y: &mut [f32]) {
+    pub unsafe fn scan_avx512(
+        state: &mut [f32],
+        s: &Seq<'_>,
+        cb: &[f32],
+        work: &mut [f32],
+        y: &mut [f32],
+    ) {
+        // SAFETY: the features are present (caller); two vectors of `head_dim` at a time where
+        // they divide it.
+        unsafe {
+            if s.p.is_multiple_of(32) {
+                super::scan_lanes::<Z, 2>(state, s, cb, work, y)
+            } else {
+                super::scan_lanes::<Z, 1>(state, s, cb, work, y)
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn cb_avx2(
+        b: &[f32],
+        c: &[f32],
+        stride: usize,
+        n: usize,
+        q: usize,
+        out: &mut [f32],
+    ) {
         // SAFETY: the features are present (caller).
-        unsafe { super::scan_lanes::<Z>(state, s, work, y) }
+        unsafe { super::cb_lanes::<Y2>(b, c, stride, n, q, out) }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn cb_avx512(
+        b: &[f32],
+        c: &[f32],
+        stride: usize,
+        n: usize,
+        q: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the features are present (caller).
+        unsafe { super::cb_lanes::<Z>(b, c, stride, n, q, out) }
     }
 }
 
@@ -539,27 +843,70 @@ pub fn ssd_step(state: &mut [f32], s: &Step<'_>, y: &mut [f32]) {
     ssd_step_at(level(), state, s, y)
 }
 
-/// One head over `s.len` tokens at `lvl`: `state` (`[p][n]`) advanced, `y` (`[len][p]`) the
-/// outputs; `work` holds [`scan_work_len`] floats. Heads whose `p` is not a multiple of 16 (or
-/// `n` of 8) run the recurrence.
-pub fn ssd_scan_at(lvl: Level, state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y: &mut [f32]) {
+/// The C·Bᵀ block of one chunk of `q <= CHUNK` tokens of a group at `lvl` (see
+/// [`ssd_cb_ref`]): `out` (`[CHUNK][CHUNK]`) gets `C_l · B_j` for `j <= l < q` and zero
+/// elsewhere. B and C belong to the group, so every head of the group shares the block.
+pub fn ssd_cb_at(
+    lvl: Level,
+    b: &[f32],
+    c: &[f32],
+    stride: usize,
+    n: usize,
+    q: usize,
+    out: &mut [f32],
+) {
     match lvl {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the level is supported by this CPU (checked).
-        Level::Avx512Vnni if lvl.is_supported() => unsafe { x86::scan_avx512(state, s, work, y) },
+        Level::Avx512Vnni if lvl.is_supported() => unsafe {
+            x86::cb_avx512(b, c, stride, n, q, out)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Level::Avx2 if lvl.is_supported() => unsafe { x86::scan_avx2(state, s, work, y) },
+        Level::Avx2 if lvl.is_supported() => unsafe { x86::cb_avx2(b, c, stride, n, q, out) },
         // SAFETY: the portable lanes need no CPU features.
-        Level::Neon => unsafe { scan_lanes::<Arr>(state, s, work, y) },
+        Level::Neon => unsafe { cb_lanes::<Arr>(b, c, stride, n, q, out) },
+        _ => ssd_cb_ref(b, c, stride, n, q, out),
+    }
+}
+
+/// [`ssd_cb_at`] at the active level.
+#[inline]
+pub fn ssd_cb(b: &[f32], c: &[f32], stride: usize, n: usize, q: usize, out: &mut [f32]) {
+    ssd_cb_at(level(), b, c, stride, n, q, out)
+}
+
+/// One head over `s.len` tokens at `lvl`: `state` (`[p][n]`) advanced, `y` (`[len][p]`) the
+/// outputs; `cb` holds the C·Bᵀ block of each chunk of [`CHUNK`] tokens of the run
+/// ([`ssd_cb_at`], [`cb_len`] floats), `work` [`scan_work_len`] floats. Heads whose `p` is not
+/// a multiple of 16 (or `n` of 8) run the recurrence, which does not read `cb`.
+pub fn ssd_scan_at(
+    lvl: Level,
+    state: &mut [f32],
+    s: &Seq<'_>,
+    cb: &[f32],
+    work: &mut [f32],
+    y: &mut [f32],
+) {
+    match lvl {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported by this CPU (checked).
+        Level::Avx512Vnni if lvl.is_supported() => unsafe {
+            x86::scan_avx512(state, s, cb, work, y)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 if lvl.is_supported() => unsafe { x86::scan_avx2(state, s, cb, work, y) },
+        // SAFETY: the portable lanes need no CPU features.
+        Level::Neon => unsafe { scan_lanes::<Arr, 1>(state, s, cb, work, y) },
         _ => ssd_scan_ref(state, s, y),
     }
 }
 
 /// [`ssd_scan_at`] at the active level.
 #[inline]
-pub fn ssd_scan(state: &mut [f32], s: &Seq<'_>, work: &mut [f32], y: &mut [f32]) {
-    ssd_scan_at(level(), state, s, work, y)
+pub fn ssd_scan(state: &mut [f32], s: &Seq<'_>, cb: &[f32], work: &mut [f32], y: &mut [f32]) {
+    ssd_scan_at(level(), state, s, cb, work, y)
 }
 
 #[cfg(test)]
@@ -664,7 +1011,13 @@ mod tests {
                 let mut h = h0.clone();
                 let mut y = vec![0f32; len * p];
                 let mut work = vec![0f32; scan_work_len(p, n)];
-                ssd_scan_at(lvl, &mut h, &s, &mut work, &mut y);
+                let mut cb = vec![f32::NAN; cb_len(len)];
+                for (ch, out) in cb.chunks_exact_mut(CB_LEN).enumerate() {
+                    let t0 = ch * CHUNK * stride;
+                    let q = CHUNK.min(len - ch * CHUNK);
+                    ssd_cb_at(lvl, &s.b[t0..], &s.c[t0..], stride, n, q, out);
+                }
+                ssd_scan_at(lvl, &mut h, &s, &cb, &mut work, &mut y);
                 let scale = want_h
                     .iter()
                     .chain(&want_y)
@@ -680,6 +1033,58 @@ mod tests {
                         (a - b).abs() <= 2e-5 * scale,
                         "{lvl}: y {p}x{n} len {len} [{i}]: {a} vs {b}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The C·Bᵀ block of a chunk equals the scalar twin at every level: full and partial
+    /// chunks, `d_state` around the tile of the pass, and zeros outside `j <= l < q`.
+    #[test]
+    fn every_level_computes_the_cb_block_of_the_scalar_twin() {
+        let mut rnd = rng(0x1b87_3593);
+        for (n, q) in [
+            (128usize, CHUNK),
+            (128, 7),
+            (8, 1),
+            (40, CHUNK - 3),
+            (16, 0),
+            (3, 5),
+        ] {
+            let stride = 2 * n + 5;
+            let seq: Vec<f32> = (0..CHUNK * stride).map(|_| rnd()).collect();
+            let (b, c) = (&seq[1..], &seq[1 + n..]);
+            let mut want = vec![f32::NAN; CB_LEN];
+            ssd_cb_ref(b, c, stride, n, q, &mut want);
+            for l in 0..CHUNK {
+                for j in 0..CHUNK {
+                    let v = want[l * CHUNK + j];
+                    if j > l || l >= q {
+                        assert_eq!(v, 0.0, "twin: [{l}][{j}] outside the block");
+                    } else {
+                        let d: f32 = (0..n).map(|k| c[l * stride + k] * b[j * stride + k]).sum();
+                        assert!((v - d).abs() <= 1e-5 * d.abs().max(1.0), "twin [{l}][{j}]");
+                    }
+                }
+            }
+            for lvl in available_levels() {
+                let mut got = vec![f32::NAN; CB_LEN];
+                ssd_cb_at(lvl, b, c, stride, n, q, &mut got);
+                for l in 0..CHUNK {
+                    for j in 0..CHUNK {
+                        let (g, w) = (got[l * CHUNK + j], want[l * CHUNK + j]);
+                        let mag: f32 = if j <= l && l < q {
+                            (0..n)
+                                .map(|k| (c[l * stride + k] * b[j * stride + k]).abs())
+                                .sum()
+                        } else {
+                            0.0
+                        };
+                        assert!(
+                            (g - w).abs() <= 1e-5 * mag.max(1.0) && (mag > 0.0 || g == 0.0),
+                            "{lvl}: n={n} q={q} [{l}][{j}]: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }

@@ -77,6 +77,9 @@ pub struct SsdScratch {
     pub work: Vec<f32>,
     /// Floats of one head's region.
     pub work_len: usize,
+    /// [n_groups][chunks of batch][CHUNK][CHUNK]: each group's C·Bᵀ block per chunk, shared
+    /// by the group's heads (see [`ssm::ssd_cb`]).
+    pub cb: Vec<f32>,
 }
 
 /// Tokens per chunk of the chunked scan (see [`ssm::CHUNK`]).
@@ -99,6 +102,7 @@ impl SsdScratch {
             da: vec![0.0; b * c.n_heads],
             work: vec![0.0; c.n_heads * head_work_len(c.head_dim, c.d_state, b)],
             work_len: head_work_len(c.head_dim, c.d_state, b),
+            cb: vec![0.0; c.n_groups * ssm::cb_len(b)],
         }
     }
 }
@@ -320,11 +324,25 @@ impl Ssd {
                 s.da[t * nh + h] = dt * self.a[h];
             }
         }
+        // C·Bᵀ of each group and chunk, once for the group's heads: one task per block.
+        let ng = c.n_groups;
+        let gcb = ssm::cb_len(t_len);
+        let nch = gcb / ssm::CB_LEN;
+        let xbc = &s.xbc;
+        cx.pool
+            .for_chunks_mut(&mut s.cb[..ng * gcb], ssm::CB_LEN, &|i, out| {
+                let (g, ch) = (i / nch, i % nch);
+                let t0 = ch * CHUNK * cd;
+                let q = CHUNK.min(t_len - ch * CHUNK);
+                let b = &xbc[t0 + di + g * n..];
+                let cc = &xbc[t0 + di + ng * n + g * n..];
+                ssm::ssd_cb(b, cc, cd, n, q, out);
+            });
         // The scan: heads are independent, one task per head, each over every chunk.
         let heads_per_group = nh / c.n_groups;
         let wl = s.work_len;
         let sw = ssm::scan_work_len(p, n);
-        let (xbc, dts, das) = (&s.xbc, &s.dt, &s.da);
+        let (dts, das, cbs) = (&s.dt, &s.da, &s.cb);
         let d_skip = &self.d;
         cx.pool.for_chunks_mut2(
             &mut s.work[..nh * wl],
@@ -347,7 +365,8 @@ impl Ssd {
                     n,
                     len: t_len,
                 };
-                ssm::ssd_scan(state, &seq, work, &mut y[..t_len * p]);
+                let cb = &cbs[g * gcb..(g + 1) * gcb];
+                ssm::ssd_scan(state, &seq, cb, work, &mut y[..t_len * p]);
             },
         );
         for (h, wk) in s.work.chunks_exact(wl).enumerate() {
