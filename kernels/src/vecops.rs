@@ -141,13 +141,17 @@ fn exp_lane(x: f32) -> f32 {
     // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer (ties to even).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let f = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + f * (1.0
             + f * (0.5
                 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from the bits of `t`, whose low mantissa bits hold `2²² + n` (n in [-126, 127]): adding
+    // the bias and shifting the sum into the exponent field leaves `(n + 127) << 23`. Integer
+    // lane operations only; `n as i32` (a saturating conversion) does not vectorize.
+    let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
     p * scale
 }
 
