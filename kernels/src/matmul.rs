@@ -447,6 +447,8 @@ mod tests {
             (17, 64, 20),
             (9, 48, 5),
             (8, 32, 40),
+            // Tasks of 60 rows, more than 128 activations.
+            (480, 80, 140),
         ] {
             let (xs, wf) = random_inputs((rows * 7 + n) as u64, n * cols, rows * cols);
             let data = quantize_rows(GgmlType::F16, &wf, cols);
