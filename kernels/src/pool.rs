@@ -62,10 +62,13 @@ struct Shared {
 
 /// Rounds a waiting thread spins before it sleeps: the first [`SPIN_PAUSE`] are `spin_loop`
 /// hints (tens of ns each), the rest give the core away (`yield_now`), so a spinning thread does
-/// not starve the one it waits for when the machine has fewer free cores than threads. Measured
-/// on 2 vCPUs with a busy process beside the bench (mamba2-130m Q4_0 decode, 2 threads): 20,000
-/// pause rounds gave 84-88 tok/s, 2,000 gave 110-126 (1 thread alone: 107); quiet, both alike.
-const SPIN: u32 = 2_200;
+/// not starve the one it waits for when the machine has fewer free cores than threads; it sleeps
+/// only after some milliseconds idle, because a futex wake-up between the jobs of a prompt costs
+/// more than the yields. Measured on 2 vCPUs, mamba2-130m Q4_0, 2 threads: beside a busy process,
+/// 20,000 pause rounds gave 84-88 tok/s decode and 2,000 gave 110-126 (one thread alone: 107;
+/// the pool before the epoch claims: 21-29); quiet, 18,000 yields instead of 200 gave 2-3 % more
+/// prompt speed (fewer sleeps and wake-ups).
+const SPIN: u32 = 20_000;
 const SPIN_PAUSE: u32 = 2_000;
 
 /// One round of waiting: a pause hint, or a yield once the pause rounds are spent.
