@@ -326,15 +326,20 @@ mod gpu {
                     let mut cpu = vec![0f32; n_heads * hd];
                     let mut att = vec![0f32; n];
                     let group = n_heads / n_kv;
+                    let zeros = vec![0f32; n];
                     for h in 0..n_heads {
                         let g = h / group;
                         let base = g * n;
                         attend(
                             &q[h * hd..(h + 1) * hd],
                             n,
-                            |j| &k[(base + j) * hd..(base + j + 1) * hd],
-                            |j| &v[(base + j) * hd..(base + j + 1) * hd],
-                            |j| if with_bias { bias[base + j] } else { 0.0 },
+                            &k[base * hd..(base + n) * hd],
+                            &v[base * hd..(base + n) * hd],
+                            if with_bias {
+                                &bias[base..base + n]
+                            } else {
+                                &zeros
+                            },
                             scale,
                             &mut att,
                             &mut cpu[h * hd..(h + 1) * hd],
