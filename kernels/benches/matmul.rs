@@ -13,7 +13,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use cheems_kernels::matmul::{self, Activations};
 use cheems_kernels::matvec::MatRef;
@@ -70,17 +69,9 @@ fn prefill(c: &mut Criterion) {
     g.finish();
 }
 
-fn criterion() -> Criterion {
-    let quick = std::env::var_os("CHEEMS_BENCH_QUICK").is_some();
-    Criterion::default()
-        .sample_size(if quick { 10 } else { 30 })
-        .warm_up_time(Duration::from_millis(if quick { 200 } else { 500 }))
-        .measurement_time(Duration::from_millis(if quick { 800 } else { 2000 }))
-}
-
 criterion_group! {
     name = benches;
-    config = criterion();
+    config = common::criterion(2000, 800);
     targets = prefill
 }
 criterion_main!(benches);

@@ -16,7 +16,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use cheems_kernels::dispatch::{self, available_levels, Level};
 use cheems_kernels::matvec::{matvec_at, Activation, MatRef};
@@ -119,17 +118,9 @@ fn hot(c: &mut Criterion) {
     g.finish();
 }
 
-fn criterion() -> Criterion {
-    let quick = std::env::var_os("CHEEMS_BENCH_QUICK").is_some();
-    Criterion::default()
-        .sample_size(if quick { 10 } else { 30 })
-        .warm_up_time(Duration::from_millis(if quick { 200 } else { 500 }))
-        .measurement_time(Duration::from_millis(if quick { 500 } else { 1500 }))
-}
-
 criterion_group! {
     name = benches;
-    config = criterion();
+    config = common::criterion(1500, 500);
     targets = config, cold, hot
 }
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-//! What the kernel benches share: the weight types they time and their random matrices.
+//! What the kernel benches share: the weight types they time, their random matrices and the
+//! criterion settings.
 
 use cheems_formats::{blocks, GgmlType};
 
@@ -31,4 +32,23 @@ pub fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut data = vec![0u8; ty.row_bytes(rows * cols).unwrap_or(0)];
     blocks::quantize_row(ty, &w, &mut data).expect("benchmark matrix quantizes");
     data
+}
+
+/// Criterion with 30 samples after a 500 ms warm-up, measuring for `measure_ms`; with
+/// `CHEEMS_BENCH_QUICK` set, 10 samples, 200 ms and `quick_ms`. (`gbps` times by hand.)
+#[allow(dead_code)]
+pub fn criterion(measure_ms: u64, quick_ms: u64) -> criterion::Criterion {
+    let quick = std::env::var_os("CHEEMS_BENCH_QUICK").is_some();
+    criterion::Criterion::default()
+        .sample_size(if quick { 10 } else { 30 })
+        .warm_up_time(std::time::Duration::from_millis(if quick {
+            200
+        } else {
+            500
+        }))
+        .measurement_time(std::time::Duration::from_millis(if quick {
+            quick_ms
+        } else {
+            measure_ms
+        }))
 }
