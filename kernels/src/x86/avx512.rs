@@ -276,8 +276,12 @@ unsafe fn panel_tokens<const T: usize, const OFFSET: i32>(
         // SAFETY: block `b0 + k` of every activation is in bounds (caller); the packed block
         // holds 144 words, 64-byte aligned.
         unsafe {
-            let mut sums: [__m512i; T] =
-                core::array::from_fn(|i| _mm512_set1_epi32(*sp[i].add(k) as i32 * OFFSET));
+            let mut sums: [__m512i; T] = core::array::from_fn(|i| {
+                // The sum is an integer of at most 32 · 128 in magnitude, exact in f32
+                // (the quantizer's), so the unchecked conversion is a plain `cvttss2si`
+                // (`as` adds saturation and NaN checks per token and block).
+                _mm512_set1_epi32((*sp[i].add(k)).to_int_unchecked::<i32>() * OFFSET)
+            });
             for g in 0..8 {
                 let x = _mm512_load_si512(blk.as_ptr().add(16 * g).cast());
                 for i in 0..T {
