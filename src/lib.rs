@@ -74,13 +74,6 @@ impl Ctx<'_> {
             return self.matvec(w, xs, ys);
         }
         let m = w.get(self.map);
-        if cheems_kernels::matmul::use_f16_mm(&m, xs.len() / w.cols, self.tmp.len()) {
-            return cheems_kernels::matmul::matmul_f16(&m, xs, ys, self.tmp, self.pool);
-        }
-        if cheems_kernels::matmul::use_gemm(&m, xs.len() / w.cols, self.tmp.len(), self.pool) {
-            return cheems_kernels::matmul::matmul_gemm(&m, xs, ys, self.tmp, self.pool);
-        }
-        self.acts.quantize_for(w.ty, xs, w.cols);
-        cheems_kernels::matmul::matmul(&m, self.acts, xs, ys, self.pool);
+        cheems_kernels::matmul::matmul_auto(&m, xs, ys, self.acts, self.tmp, self.pool);
     }
 }

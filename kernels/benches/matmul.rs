@@ -1,8 +1,8 @@
 //! Prefill products (`ys[t] = W xs[t]` for a batch of tokens) in FLOP/s: criterion's
 //! throughput is set to `2 · rows · cols · batch` elements per iteration, so its `Gelem/s`
 //! column reads as GFLOP/s (a multiply-add counts as two). The path is the one the engine takes
-//! (`src/lib.rs`, `Ctx::matmul`): the F16 tile kernel, the dequantize-and-GEMM path, or the
-//! level's integer tile kernel.
+//! (`matmul::matmul_auto`, which `Ctx::matmul` calls): the F16 tile kernel, the
+//! dequantize-and-GEMM path, or the level's integer tile kernel.
 //!
 //! `cargo bench -p cheems-kernels --bench matmul [-- FILTER]`; `CHEEMS_BENCH_QUICK=1` for short
 //! runs. Shapes: the Mamba-2 130m in-projection (3352 × 768) and out-projection (768 × 1536),
@@ -51,15 +51,7 @@ fn prefill(c: &mut Criterion) {
                 let id = format!("{ty}/{name}/{}t", pool.threads());
                 g.bench_function(BenchmarkId::from_parameter(id), |b| {
                     b.iter(|| {
-                        let xs = black_box(&xs);
-                        if matmul::use_f16_mm(&w, BATCH, tmp.len()) {
-                            matmul::matmul_f16(&w, xs, &mut ys, &mut tmp, pool);
-                        } else if matmul::use_gemm(&w, BATCH, tmp.len(), pool) {
-                            matmul::matmul_gemm(&w, xs, &mut ys, &mut tmp, pool);
-                        } else {
-                            acts.quantize_for(ty, xs, cols);
-                            matmul::matmul(&w, &acts, xs, &mut ys, pool);
-                        }
+                        matmul::matmul_auto(&w, black_box(&xs), &mut ys, &mut acts, &mut tmp, pool);
                         black_box(&ys);
                     })
                 });

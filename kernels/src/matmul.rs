@@ -234,6 +234,29 @@ pub fn matmul_f16_at(
     });
 }
 
+/// `ys[t] = W xs[t]` for the rows of `xs` (`[n][w.cols]` into `[n][w.rows]`) by the path the
+/// active level has for the weight type: the F16 tile kernel ([`matmul_f16`]), the
+/// dequantize-and-GEMM path ([`matmul_gemm`]), else [`matmul`] with `acts` converted here.
+/// `tmp` is the scratch of the first two (a path whose scratch does not fit is skipped).
+pub fn matmul_auto(
+    w: &MatRef<'_>,
+    xs: &[f32],
+    ys: &mut [f32],
+    acts: &mut Activations,
+    tmp: &mut [f32],
+    pool: &Pool,
+) {
+    let n = xs.len() / w.cols.max(1);
+    if use_f16_mm(w, n, tmp.len()) {
+        matmul_f16(w, xs, ys, tmp, pool);
+    } else if use_gemm(w, n, tmp.len(), pool) {
+        matmul_gemm(w, xs, ys, tmp, pool);
+    } else {
+        acts.quantize_for(w.ty, xs, w.cols);
+        matmul(w, acts, xs, ys, pool);
+    }
+}
+
 /// `ys[t] = W xs[t]` for the `n` rows of `xs` (`[n][cols]`) into `ys` (`[n][rows]`) with integer
 /// dot products: `acts` must hold `xs` converted for `w.ty`. Each task takes a range of weight
 /// rows (small enough to stay in cache) and runs it against every activation, four at a time,
