@@ -326,7 +326,6 @@ mod gpu {
                     let mut cpu = vec![0f32; n_heads * hd];
                     let mut att = vec![0f32; n];
                     let group = n_heads / n_kv;
-                    let zeros = vec![0f32; n];
                     for h in 0..n_heads {
                         let g = h / group;
                         let base = g * n;
@@ -335,11 +334,8 @@ mod gpu {
                             n,
                             &k[base * hd..(base + n) * hd],
                             &v[base * hd..(base + n) * hd],
-                            if with_bias {
-                                &bias[base..base + n]
-                            } else {
-                                &zeros
-                            },
+                            hd,
+                            with_bias.then(|| &bias[base..base + n]),
                             scale,
                             &mut att,
                             &mut cpu[h * hd..(h + 1) * hd],

@@ -65,26 +65,29 @@ impl Qkvo {
     }
 }
 
-/// Softmax attention of one query head over `n` keys and values stored as contiguous rows of
-/// `q.len()` values (`keys[j·d..]`, `values[j·d..]`):
-/// `out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j`, with `att` as scratch for the weights.
+/// Softmax attention of one query head over `n` keys and values stored as rows `stride` floats
+/// apart (`keys[j·stride..][..d]`, `values[j·stride..][..d]`, `d = q.len()`):
+/// `out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j` (no bias: zero), with `att` as scratch for
+/// the weights.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
     n: usize,
     keys: &[f32],
     values: &[f32],
-    bias: &[f32],
+    stride: usize,
+    bias: Option<&[f32]>,
     scale: f32,
     att: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = q.len();
     let att = &mut att[..n];
-    vecops::dot_rows(q, &keys[..n * d], d, scale, att);
-    att.iter_mut().zip(&bias[..n]).for_each(|(a, b)| *a += b);
+    vecops::dot_rows(q, keys, stride, scale, att);
+    if let Some(bias) = bias {
+        att.iter_mut().zip(&bias[..n]).for_each(|(a, b)| *a += b);
+    }
     vecops::softmax(att);
-    vecops::sum_rows(att, &values[..n * d], d, out);
+    vecops::sum_rows(att, values, stride, out);
 }
 
 /// Plain causal grouped-query attention (llama).
@@ -207,17 +210,17 @@ impl Attention {
             let off = (h / group) * hd;
             let (att, outs) = buf.split_at_mut(keys);
             for t in 0..n {
-                let len = l0 + t + 1;
-                let a = &mut att[..len];
-                vecops::dot_rows(
+                attend(
                     &qs[t * qd + h * hd..t * qd + (h + 1) * hd],
+                    l0 + t + 1,
                     &ks[off..],
+                    &vs[off..],
                     kvd,
+                    None,
                     scale,
-                    a,
+                    att,
+                    &mut outs[t * hd..(t + 1) * hd],
                 );
-                vecops::softmax(a);
-                vecops::sum_rows(a, &vs[off..], kvd, &mut outs[t * hd..(t + 1) * hd]);
             }
         });
         for (h, buf) in s.att.chunks_exact(per_head).enumerate() {
