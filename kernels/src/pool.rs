@@ -138,12 +138,12 @@ impl Pool {
     /// Calls `f(i)` for every `i < n_chunks`, spread over the pool; returns when all are done.
     /// A panic in `f` is re-raised here after every chunk has finished.
     pub fn run(&self, n_chunks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if self.workers.is_empty() || n_chunks <= 1 {
+        // Chunk indices live in the low half of the claim word: a count that does not fit runs
+        // on this thread (rather than losing chunks).
+        if self.workers.is_empty() || n_chunks <= 1 || n_chunks >= u32::MAX as usize {
             (0..n_chunks).for_each(f);
             return;
         }
-        // Chunk indices live in the low half of the claim word.
-        let n_chunks = n_chunks.min(u32::MAX as usize - 1);
         let s = &*self.shared;
         // SAFETY: erases the borrow's lifetime for publication; a thread dereferences the pointer
         // only after claiming a chunk of this epoch, this function does not return before every
