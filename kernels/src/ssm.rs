@@ -224,6 +224,38 @@ unsafe impl V16 for Arr {
     }
 }
 
+/// `C` vectors of 16 lanes from `p`, `p + 16`, …
+///
+/// # Safety
+/// `V`'s features are present; `16 · C` readable floats at `p`.
+#[inline(always)]
+unsafe fn load_row<V: V16, const C: usize>(p: *const f32) -> [V; C] {
+    // SAFETY: inside the `16 · C` floats (caller).
+    core::array::from_fn(|c| unsafe { V::load(p.add(c * L)) })
+}
+
+/// The register tile's rank-1 update `acc[t][c] += s(t) · r[c]`: one broadcast per tile row,
+/// `fma(splat(s(t)), r[c], acc[t][c])`.
+///
+/// # Safety
+/// `V`'s features are present; `s` is safe to call for every `t < R`.
+#[inline(always)]
+unsafe fn rank1<V: V16, const R: usize, const C: usize>(
+    acc: &mut [[V; C]; R],
+    s: impl Fn(usize) -> f32,
+    r: &[V; C],
+) {
+    for (t, a) in acc.iter_mut().enumerate() {
+        // SAFETY: `V`'s features are present (caller).
+        unsafe {
+            let sv = V::splat(s(t));
+            for (av, rv) in a.iter_mut().zip(r) {
+                *av = V::fma(sv, *rv, *av);
+            }
+        }
+    }
+}
+
 /// Tokens per chunk of the chunked scan. The result does not depend on it (the chunked form is
 /// exact); it trades the quadratic intra-chunk work against the state passes.
 pub const CHUNK: usize = 32;
@@ -315,16 +347,8 @@ unsafe fn cb_lanes<V: V16>(
                     }
                 }
                 for kk in 0..kn {
-                    let mut r = [V::splat(0.0); NV];
-                    for (v, rv) in r.iter_mut().enumerate() {
-                        *rv = V::load(btp.add(kk * CHUNK + v * L));
-                    }
-                    for (t, a) in acc.iter_mut().enumerate() {
-                        let cv = V::splat(*cs[t].add(kk));
-                        for (av, rv) in a.iter_mut().zip(&r) {
-                            *av = V::fma(cv, *rv, *av);
-                        }
-                    }
+                    let r = load_row::<V, NV>(btp.add(kk * CHUNK));
+                    rank1(&mut acc, |t| *cs[t].add(kk), &r);
                 }
                 for (t, a) in acc.iter().enumerate() {
                     for (v, av) in a.iter().enumerate() {
@@ -406,16 +430,8 @@ unsafe fn outputs<V: V16, const TB: usize, const IB: usize>(
     unsafe {
         let mut acc = [[V::splat(0.0); IB]; TB];
         for k in 0..n {
-            let mut row = [V::splat(0.0); IB];
-            for (b, r) in row.iter_mut().enumerate() {
-                *r = V::load(st.add(k * p + i0 + b * L));
-            }
-            for (a, c) in acc.iter_mut().zip(&cs) {
-                let cv = V::splat(*c.add(k));
-                for (av, r) in a.iter_mut().zip(&row) {
-                    *av = V::fma(cv, *r, *av);
-                }
-            }
+            let row = load_row::<V, IB>(st.add(k * p + i0));
+            rank1(&mut acc, |t| *cs[t].add(k), &row);
         }
         for (a, &e) in acc.iter_mut().zip(&ea) {
             let ev = V::splat(e);
@@ -424,16 +440,8 @@ unsafe fn outputs<V: V16, const TB: usize, const IB: usize>(
             }
         }
         for j in 0..jn {
-            let mut xj = [V::splat(0.0); IB];
-            for (b, x) in xj.iter_mut().enumerate() {
-                *x = V::load(xs.add(j * xs_stride + i0 + b * L));
-            }
-            for (t, a) in acc.iter_mut().enumerate() {
-                let cv = V::splat(*cbs.add((l0 + t) * CHUNK + j));
-                for (av, x) in a.iter_mut().zip(&xj) {
-                    *av = V::fma(cv, *x, *av);
-                }
-            }
+            let xj = load_row::<V, IB>(xs.add(j * xs_stride + i0));
+            rank1(&mut acc, |t| *cbs.add((l0 + t) * CHUNK + j), &xj);
         }
         let dv = V::splat(d);
         for (t, a) in acc.iter().enumerate() {
@@ -588,17 +596,9 @@ unsafe fn scan_lanes<V: V16, const IB: usize>(
                         }
                     }
                     for j in 0..q {
-                        let mut xj = [V::splat(0.0); IB];
-                        for (b, x) in xj.iter_mut().enumerate() {
-                            *x = V::load(wxp.add(j * p + i0 + b * L));
-                        }
+                        let xj = load_row::<V, IB>(wxp.add(j * p + i0));
                         let bj = bs.add(j * s.stride + k0);
-                        for (kk, a) in acc.iter_mut().enumerate() {
-                            let bv = V::splat(*bj.add(kk));
-                            for (av, x) in a.iter_mut().zip(&xj) {
-                                *av = V::fma(bv, *x, *av);
-                            }
-                        }
+                        rank1(&mut acc, |kk| *bj.add(kk), &xj);
                     }
                     for (kk, a) in acc.iter().enumerate() {
                         for (b, av) in a.iter().enumerate() {
