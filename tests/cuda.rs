@@ -452,6 +452,28 @@ mod gpu {
                 toks.len(),
                 worst / scale
             );
+            // Without a trace, single tokens take the decode step as it runs in generation (for
+            // all-SSD models the persistent `ssd_decode` kernel).
+            let fused = Session::new_on(model.clone(), &opts(8), Device::Cuda(0))
+                .unwrap()
+                .device_name()
+                .contains("fused");
+            assert_eq!(
+                fused,
+                name == "mamba2",
+                "{name}: the fused decode kernel is for models of SSD layers only"
+            );
+            let (plain, _) = run(&model, &toks, Device::Cuda(0), false);
+            let worst = plain.iter().enumerate().fold(0f64, |m, (t, row)| {
+                row.iter()
+                    .zip(&want.data[t * v..(t + 1) * v])
+                    .fold(m, |m, (a, b)| m.max((f64::from(*a) - b).abs()))
+            });
+            eprintln!(
+                "fixture {name} on GPU, decode path: max |Δlogit| {:.2e} of the logit scale (bound 1e-3)",
+                worst / scale
+            );
+            assert!(worst <= tol, "{name}: decode-path logits differ by {worst:.3e} (tolerance {tol:.3e})");
             // Greedy generation, prompt through prefill.
             let prompt = tokens(&r["greedy_prompt"]);
             let want = tokens(&r["greedy"]);

@@ -73,6 +73,7 @@ const KERNELS: &[&str] = &[
     "moe_route",
     "moe_alpha",
     "moe_up",
+    "ssd_decode",
 ];
 
 /// Compiles the kernels to PTX for a compute capability (`(9, 0)`: `compute_90`). Needs NVRTC
@@ -202,6 +203,20 @@ impl Gpu {
         block: usize,
         args: &[u64],
     ) -> Result<()> {
+        self.launch_ex(stream, name, grid, block, (0, false), args)
+    }
+
+    /// [`Gpu::launch3`] with `extra`: bytes of dynamic shared memory, and whether the launch is
+    /// cooperative (every block resident at once, or the launch fails: for grid barriers).
+    fn launch_ex(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        grid: (usize, usize, usize),
+        block: usize,
+        extra: (usize, bool),
+        args: &[u64],
+    ) -> Result<()> {
         const MAX: usize = 20;
         let f = self
             .funcs
@@ -221,12 +236,17 @@ impl Gpu {
             grid.1.max(1) as u32,
             grid.2.max(1) as u32,
         );
-        if self.pdl {
+        let (smem, coop) = extra;
+        if self.pdl || coop || smem > 0 {
             // SAFETY: a plain-data C struct, valid when zeroed.
             let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-            attr.id =
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
+            if coop {
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                attr.value.cooperative = 1;
+            } else {
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attr.value.programmaticStreamSerializationAllowed = i32::from(self.pdl);
+            }
             let cfg = sys::CUlaunchConfig {
                 gridDimX: gx,
                 gridDimY: gy,
@@ -234,7 +254,7 @@ impl Gpu {
                 blockDimX: block as u32,
                 blockDimY: 1,
                 blockDimZ: 1,
-                sharedMemBytes: 0,
+                sharedMemBytes: smem as u32,
                 hStream: stream.cu_stream(),
                 attrs: &mut attr,
                 numAttrs: 1,
@@ -926,6 +946,216 @@ struct GScratch {
     trace: DPtr,
 }
 
+/// The persistent decode kernel of a model whose layers are all SSD mixers without a
+/// feed-forward block (`ssd_decode` in kernels.cu): one cooperative launch per token instead of
+/// five per layer, with grid barriers between its stages.
+#[derive(Debug)]
+struct Fused {
+    /// The kernel's argument block (`SsdDecodeArgs`, then the layers' `SsdLayerArgs`).
+    args: DPtr,
+    /// The barrier counter, zeroed before each launch.
+    bar: DPtr,
+    /// Profiling timestamps (0 when off) and the number of barriers.
+    times: (DPtr, usize),
+    grid: usize,
+    block: usize,
+    smem: usize,
+}
+
+/// Threads per block of `ssd_decode`.
+const FUSED_BLOCK: usize = 512;
+
+/// Plans `ssd_decode` for a session, or `None` when the model is not all SSD layers without a
+/// feed-forward block, or `CHEEMS_CUDA_FUSED=0`. `CHEEMS_CUDA_FUSED_BPS` sets the blocks per
+/// multiprocessor (default 1, at most what fits).
+fn plan_fused(
+    w: &GpuWeights,
+    c: &Config,
+    states: &[GState],
+    s: &GScratch,
+    pool: &mut Pool,
+) -> Result<Option<Fused>> {
+    let mode = std::env::var("CHEEMS_CUDA_FUSED").unwrap_or_default();
+    if mode == "0" {
+        return Ok(None);
+    }
+    let why = plan_fused_or_why(w, c, states, s, pool)?;
+    match why {
+        Ok(f) => Ok(Some(f)),
+        // `CHEEMS_CUDA_FUSED=1` insists (for benchmarks and tests).
+        Err(why) if mode == "1" => bail!("CHEEMS_CUDA_FUSED=1, but {why}"),
+        Err(_) => Ok(None),
+    }
+}
+
+fn plan_fused_or_why(
+    w: &GpuWeights,
+    c: &Config,
+    states: &[GState],
+    s: &GScratch,
+    pool: &mut Pool,
+) -> Result<std::result::Result<Fused, String>> {
+    let Some(sc) = c.ssd else {
+        return Ok(Err("the model has no SSD layers".into()));
+    };
+    let gpu = &*w.gpu;
+    let mut words: Vec<u64> = Vec::new();
+    let mut layers: Vec<u64> = Vec::new();
+    for (layer, st) in w.layers.iter().zip(states) {
+        let (
+            GMixer::Ssd {
+                in_proj,
+                in_bias,
+                conv_w,
+                conv_b,
+                dt_bias,
+                a,
+                d,
+                norm,
+                out_proj,
+                out_bias,
+                rope_inv_freq,
+            },
+            GState::Ssd { conv, ssm },
+            None,
+        ) = (&layer.mixer, st, &layer.ffn)
+        else {
+            return Ok(Err(
+                "not every layer is an SSD mixer without a feed-forward block".into(),
+            ));
+        };
+        layers.extend([
+            layer.attn_norm,
+            layer.attn_residual,
+            in_proj.ptr,
+            in_proj.row_bytes as u64,
+            in_proj.ty as u64,
+            *in_bias,
+            out_proj.ptr,
+            out_proj.row_bytes as u64,
+            out_proj.ty as u64,
+            *out_bias,
+            *conv_w,
+            *conv_b,
+            *rope_inv_freq,
+            *dt_bias,
+            *a,
+            *d,
+            *norm,
+            *conv,
+            *ssm,
+        ]);
+    }
+    let (d, di) = (c.d_model, sc.d_inner);
+    let widest = d.max(di);
+    // Shared memory (see the kernel): activation and norm weights, int8 blocks and their
+    // scales, every layer's 19 argument words.
+    let smem = 2 * widest * 4
+        + widest.next_multiple_of(16)
+        + (widest / 32 + 1) * 8
+        + w.layers.len() * 19 * 8;
+    // ssd_item's shared arrays: 2·d_state values of B and C, at most 256 rows of a head.
+    if 2 * sc.d_state > 512 || smem > 48 * 1024 || sc.n_heads % sc.n_groups != 0 {
+        return Ok(Err(format!(
+            "the shape does not fit the kernel (d_state {}, {smem} bytes of shared memory)",
+            sc.d_state
+        )));
+    }
+    let func = gpu
+        .funcs
+        .get("ssd_decode")
+        .ok_or_else(|| anyhow!("no kernel `ssd_decode`"))?;
+    let mut per_sm: i32 = 0;
+    // SAFETY: `f` is a function of this context's module; the call writes one int.
+    unsafe {
+        sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            &mut per_sm,
+            func.cu_function(),
+            FUSED_BLOCK as i32,
+            smem,
+        )
+    }
+    .result()?;
+    let sms = gpu
+        .ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let want = std::env::var("CHEEMS_CUDA_FUSED_BPS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(1);
+    if per_sm < 1 || sms < 1 {
+        return Ok(Err(format!(
+            "no block of {FUSED_BLOCK} threads fits a multiprocessor ({per_sm} per SM, {sms} SMs)"
+        )));
+    }
+    let per_sm = per_sm.min(want.max(1));
+    let grid = (sms * per_sm) as usize;
+    // (head, part) items of the SSD stage: about one per block, at most 256 rows each.
+    let parts = (grid / sc.n_heads)
+        .clamp(1, sc.head_dim)
+        .max(sc.head_dim.div_ceil(256));
+    let bar = pool.zeros(gpu, 4)?;
+    // CHEEMS_CUDA_FUSED_TIMES=1: block 0's arrival and departure at every barrier (printed by
+    // `report_replay`).
+    let n_bar = 3 * w.layers.len() + 2;
+    let times = if std::env::var("CHEEMS_CUDA_FUSED_TIMES").is_ok_and(|v| v == "1") {
+        pool.zeros(gpu, n_bar * 16)?
+    } else {
+        0
+    };
+    // CHEEMS_CUDA_FUSED_PREFETCH=0: no L2 prefetch of the coming weights (for measurements).
+    let prefetch = u64::from(std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").map_or(true, |v| v != "0"));
+    let layers_at = 29 * 8;
+    words.extend([
+        0, // the layers' address, set below
+        w.layers.len() as u64,
+        d as u64,
+        di as u64,
+        sc.n_heads as u64,
+        sc.head_dim as u64,
+        sc.d_state as u64,
+        sc.n_groups as u64,
+        sc.d_conv as u64,
+        sc.in_proj_rows() as u64,
+        f(c.norm_eps),
+        f(sc.norm_eps),
+        w.embed.ty as u64,
+        w.embed.ptr,
+        w.embed.row_bytes as u64,
+        w.output.ty as u64,
+        w.output.ptr,
+        w.output.row_bytes as u64,
+        c.n_vocab as u64,
+        w.output_norm,
+        s.step,
+        s.x,
+        s.zx,
+        s.y,
+        s.logits,
+        bar,
+        parts as u64,
+        times,
+        prefetch,
+    ]);
+    debug_assert_eq!(words.len() * 8, layers_at);
+    words.extend(layers);
+    let bytes: Vec<u8> = words.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let args = pool.upload(gpu, &bytes)?;
+    // The layers' address, now that the block is on the device.
+    let at: Vec<u8> = (args + layers_at as u64).to_le_bytes().to_vec();
+    // SAFETY: `args` holds the whole block; the first word is the layers' address.
+    unsafe { cu::memcpy_htod_async(args, &at, gpu.stream.cu_stream()) }?;
+    gpu.stream.synchronize()?;
+    Ok(Ok(Fused {
+        args,
+        bar,
+        times: (times, n_bar),
+        grid,
+        block: FUSED_BLOCK,
+        smem,
+    }))
+}
+
 /// Tokens one forward call handles (a [`crate::Session`] prefill feeds chunks of this size).
 pub const BATCH: usize = crate::session::MAX_BATCH;
 
@@ -944,6 +1174,8 @@ pub struct GpuSession {
     stream: Arc<CudaStream>,
     graph: Option<CudaGraph>,
     use_graph: bool,
+    /// The one-launch decode step of all-SSD models.
+    fused: Option<Fused>,
     /// Host copy of the step buffer.
     step: Vec<i32>,
 }
@@ -1035,6 +1267,7 @@ impl GpuSession {
             trace: pool.zeros(g, (c.n_layers + 1) * c.d_model * f4)?,
         };
         gpu.stream.synchronize()?;
+        let fused = plan_fused(&w, &c, &states, &s, &mut pool)?;
         let use_graph = std::env::var("CHEEMS_CUDA_GRAPH").map_or(true, |v| v != "0");
         Ok(GpuSession {
             stream: gpu.ctx.new_stream()?,
@@ -1047,13 +1280,19 @@ impl GpuSession {
             states,
             graph: None,
             use_graph,
+            fused,
             step: vec![0; 2 * b],
         })
     }
 
     /// The device's name.
     pub fn device_name(&self) -> String {
-        format!("cuda:{} ({})", self.w.gpu.ordinal, self.w.gpu.name)
+        let fused = if self.fused.is_some() {
+            ", fused SSD decode"
+        } else {
+            ""
+        };
+        format!("cuda:{} ({}{fused})", self.w.gpu.ordinal, self.w.gpu.name)
     }
 
     /// Device bytes: (weights, session states and scratch).
@@ -1203,6 +1442,35 @@ impl GpuSession {
         self.stream.synchronize()?;
         let us = t0.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
         eprintln!("cuda graph replay: {us:.1} us per decode step ({n} replays)");
+        if let Some(fz) = self.fused.as_ref().filter(|fz| fz.times.0 != 0) {
+            let mut t = vec![0u64; 2 * fz.times.1];
+            self.dtoh(&mut t, fz.times.0)?;
+            // Stage k runs from leaving barrier k-1 to leaving barrier k; block 0's own share
+            // ends at its arrival. Stages: embed, then per layer norm+in_proj, SSD,
+            // gate+out_proj, then the head.
+            let names = ["norm+in_proj", "ssd", "gate+out_proj"];
+            let mut sums = [(0f64, 0f64); 4];
+            for k in 1..fz.times.1 {
+                let (arrive, leave, prev) = (t[2 * k], t[2 * k + 1], t[2 * k - 1]);
+                let which = if k + 1 == fz.times.1 { 3 } else { (k - 1) % 3 };
+                sums[which].0 += leave.saturating_sub(prev) as f64 / 1e3;
+                sums[which].1 += arrive.saturating_sub(prev) as f64 / 1e3;
+            }
+            let layers = (fz.times.1 - 2) / 3;
+            for (i, (all, own)) in sums.iter().enumerate() {
+                let (name, per) = if i == 3 { ("head", 1) } else { (names[i], layers) };
+                eprintln!(
+                    "fused stage {name}: {:.2} us (block 0 busy {:.2} us) x {per}",
+                    all / per as f64,
+                    own / per as f64
+                );
+            }
+            eprintln!(
+                "fused total {:.1} us, embed {:.2} us",
+                (t[2 * fz.times.1 - 1] - t[1]) as f64 / 1e3,
+                (t[1] - t[0]) as f64 / 1e3
+            );
+        }
         Ok(())
     }
 
@@ -1381,6 +1649,17 @@ impl GpuSession {
     /// for a given `n`: the decode graph is the one for `n = 1`). With `every`, the logits of
     /// every token, else of the last one (at row 0 of `logits`).
     fn launch_batch(&self, n: usize, trace: bool, every: bool) -> Result<()> {
+        if let (1, false, Some(fz)) = (n, trace, &self.fused) {
+            self.memset(fz.bar, 4)?;
+            return self.w.gpu.launch_ex(
+                &self.stream,
+                "ssd_decode",
+                (fz.grid, 1, 1),
+                fz.block,
+                (fz.smem, true),
+                &[fz.args],
+            );
+        }
         let c = &self.config;
         let w = &*self.w;
         let s = &self.s;

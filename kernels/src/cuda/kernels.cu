@@ -826,13 +826,14 @@ extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, i
 // update of its rows, y = state·C + D·x. The conv state is double-buffered by position parity
 // ([2][conv_dim][d_conv-1]): every block reads buffer pos & 1 and the owner of a channel writes
 // its next history to the other buffer, so heads sharing B and C never race.
-extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv,
-                                     const float* cw, const float* cb, const float* inv_freq,
-                                     const float* dt_bias, const float* a, const float* dskip,
-                                     float* ssm, float* y, int p, int n, int n_groups,
-                                     int d_inner, int dconv, int t, const int* step) {
-    PDL_WAIT();
-    int h = blockIdx.x, nh = gridDim.x;
+// The body of ssd_fused for head h and part `part` of `parts` (also run by ssd_decode).
+// Block-uniform: every thread of the block calls it. zx is read past L1 (ld.cg): within
+// ssd_decode it was written by other blocks of the same launch.
+__device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, int zx_stride,
+                         float* conv, const float* cw, const float* cb, const float* inv_freq,
+                         const float* dt_bias, const float* a, const float* dskip, float* ssm,
+                         float* y, int p, int n, int n_groups, int d_inner, int dconv, int t,
+                         const int* step) {
     int hpg = nh / n_groups;
     int g = h / hpg;
     int cd = d_inner + 2 * n_groups * n;
@@ -843,9 +844,9 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
     const float* in = zx + (long long)t * zx_stride + d_inner;  // xBC before the conv
     __shared__ float bc[512];
     __shared__ float xs[256];
-    int per = (p + gridDim.y - 1) / gridDim.y;
-    int r0 = blockIdx.y * per, r1 = min(p, r0 + per);
-    bool writer_bc = (h % hpg == 0) && blockIdx.y == 0;
+    int per = (p + parts - 1) / parts;
+    int r0 = part * per, r1 = min(p, r0 + per);
+    bool writer_bc = (h % hpg == 0) && part == 0;
     // B then C of group g: 2n channels.
     for (int k = threadIdx.x; k < 2 * n; k += blockDim.x) {
         int ch = d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n));
@@ -853,7 +854,7 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
         const float* taps = cw + (long long)ch * dconv;
         float acc = cb ? cb[ch] : 0.0f;
         for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
-        float cur = in[ch];
+        float cur = __ldcg(in + ch);
         acc += taps[w1] * cur;
         bc[k] = silu(acc);
         if (writer_bc) {
@@ -869,7 +870,7 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
         const float* taps = cw + (long long)ch * dconv;
         float acc = cb ? cb[ch] : 0.0f;
         for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
-        float cur = in[ch];
+        float cur = __ldcg(in + ch);
         acc += taps[w1] * cur;
         xs[i - r0] = silu(acc);
         float* nh_ = hnew + (long long)ch * w1;
@@ -890,7 +891,7 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
         }
         __syncthreads();
     }
-    float dt = softplus(zx[(long long)t * zx_stride + d_inner + cd + h] + dt_bias[h]);
+    float dt = softplus(__ldcg(zx + (long long)t * zx_stride + d_inner + cd + h) + dt_bias[h]);
     float da = expf(dt * a[h]);
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     for (int i = r0 + (threadIdx.x >> 5); i < r1; i += nw) {
@@ -906,6 +907,16 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
         acc = warp_sum(acc);
         if (lane == 0) y[(long long)t * d_inner + h * p + i] = acc + dskip[h] * xi;
     }
+}
+
+extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv,
+                                     const float* cw, const float* cb, const float* inv_freq,
+                                     const float* dt_bias, const float* a, const float* dskip,
+                                     float* ssm, float* y, int p, int n, int n_groups,
+                                     int d_inner, int dconv, int t, const int* step) {
+    PDL_WAIT();
+    ssd_item(blockIdx.x, gridDim.x, blockIdx.y, gridDim.y, zx, zx_stride, conv, cw, cb,
+             inv_freq, dt_bias, a, dskip, ssm, y, p, n, n_groups, d_inner, dconv, t, step);
 }
 
 // y = RMSNorm_groups(y ⊙ silu(z)) in place; one block per (group, token) (grid.x, grid.y).
@@ -1029,4 +1040,319 @@ extern "C" __global__ void moe_up(int ty, const u8* up, long long stride, const 
         acc += alpha[t * k + r] * dq(ty, row, j);
     }
     out[(long long)t * h + j] += acc;
+}
+
+// ---- persistent decode of SSD models ------------------------------------------------------------
+
+// One decode step of a model whose layers are all SSD mixers without a feed-forward block
+// (Mamba-2) in one launch: every block of the grid (all resident at once: a cooperative launch)
+// takes its share of each stage and waits at a grid barrier before the next. Per layer three
+// stages: [RMSNorm of the residual, recomputed by every block, then the rows of in_proj], [the
+// SSD step of (head, part) items, ssd_item], [the gated RMSNorm of y, recomputed by every block,
+// then the rows of out_proj added to the residual]; then the output norm and head. The products
+// are one warp per row, the activations in shared memory (int8 blocks for quantized weights),
+// with the same per-element arithmetic as the separate kernels. Data written by other blocks of
+// the launch is read past L1 (ld.cg).
+
+// Every field is 8 bytes (the host writes u64 words; int and float fields in the low 4 bytes).
+struct SsdLayerArgs {
+    const float* norm;
+    const float* res_scale;  // NULL: x += branch
+    const u8* in_w;
+    long long in_rb, in_ty;
+    const float* in_b;
+    const u8* out_w;
+    long long out_rb, out_ty;
+    const float* out_b;
+    const float* conv_w;
+    const float* conv_b;
+    const float* inv_freq;
+    const float* dt_bias;
+    const float* a;
+    const float* dskip;
+    const float* gnorm;
+    float* conv;
+    float* ssm;
+};
+
+struct SsdDecodeArgs {
+    const SsdLayerArgs* layers;
+    long long n_layers, d_model, d_inner, n_heads, head_dim, d_state, n_groups, d_conv, in_rows;
+    float eps; int pad0;
+    float gnorm_eps; int pad1;
+    long long emb_ty;
+    const u8* emb_w;
+    long long emb_rb;
+    long long out_ty;
+    const u8* out_w;
+    long long out_rb, vocab;
+    const float* out_norm;
+    const int* step;
+    float* x;
+    float* zx;
+    float* y;
+    float* logits;
+    unsigned* bar;
+    long long parts;
+    unsigned long long* times;  // NULL, or profiling (see grid_sync)
+    long long prefetch;  // non-zero: the coming products' weights into L2 (see prefetch_rows)
+};
+
+// This warp's rows of W (as grid_rows assigns them) into L2, one 128-byte line per lane: issued
+// a stage or two before the rows are read, so their DRAM latency overlaps other work.
+__device__ __forceinline__ void prefetch_rows(const u8* w, long long rb, int rows) {
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    int gw = blockIdx.x * nw + (threadIdx.x >> 5), tw = gridDim.x * nw;
+    for (int r = gw; r < rows; r += tw) {
+        const u8* row = w + (long long)r * rb;
+        for (long long o = lane * 128; o < rb; o += 32 * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(row + o));
+    }
+}
+
+
+
+__device__ __forceinline__ unsigned long long gtime() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// Grid barrier: the count rises by gridDim.x per barrier (reset to 0 before the launch).
+// Traps rather than hangs if a block never arrives (a grid that is not all resident). With
+// `times` (profiling), block 0 records when it arrives and when it leaves, barrier k at
+// times[2k], times[2k+1] (ns of the global timer).
+__device__ __forceinline__ void grid_sync(unsigned* bar, unsigned* target,
+                                          unsigned long long* times) {
+    __syncthreads();
+    *target += gridDim.x;
+    if (threadIdx.x == 0) {
+        int k = *target / gridDim.x - 1;
+        if (times && blockIdx.x == 0) times[2 * k] = gtime();
+        // Release: the block's writes (ordered before by __syncthreads) are visible to every
+        // block whose acquiring load sees the count.
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
+        unsigned spins = 0;
+        for (;;) {
+            unsigned v;
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
+            if (v >= *target) break;
+            if (++spins > (1u << 26)) asm volatile("trap;");
+        }
+        if (times && blockIdx.x == 0) times[2 * k + 1] = gtime();
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ bool is_quant(int ty) { return ty != T_F32 && ty != T_F16 && ty != T_BF16; }
+
+// A lane's share of row · x (float weights, x in shared memory).
+template <int T>
+__device__ __forceinline__ float rowdot_f(const u8* row, const float* x, int cols, int lane) {
+    float acc = 0.0f;
+    if (T == T_F32 && (cols & 3) == 0) {
+        const float4* wr = (const float4*)row;
+#pragma unroll 4
+        for (int i = lane; i < cols / 4; i += 32) {
+            float4 v = wr[i];
+            float4 a = ((const float4*)x)[i];
+            acc += v.x * a.x + v.y * a.y + v.z * a.z + v.w * a.w;
+        }
+    } else if (T != T_F32 && (cols & 7) == 0) {
+        const uint4* wr = (const uint4*)row;
+#pragma unroll 4
+        for (int i = lane; i < cols / 8; i += 32) {
+            uint4 v = wr[i];
+            u32 p[4] = {v.x, v.y, v.z, v.w};
+            float f[8];
+            for (int j = 0; j < 4; j++) {
+                if (T == T_F16) {
+                    f[2 * j] = h2f((u16)(p[j] & 0xffff));
+                    f[2 * j + 1] = h2f((u16)(p[j] >> 16));
+                } else {
+                    f[2 * j] = __uint_as_float(p[j] << 16);
+                    f[2 * j + 1] = __uint_as_float(p[j] & 0xffff0000u);
+                }
+            }
+            const float4* xa = (const float4*)x + 2 * i;
+            float4 a = xa[0], b = xa[1];
+            acc += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y +
+                   f[6] * b.z + f[7] * b.w;
+        }
+    } else {
+        for (int i = lane; i < cols; i += 32) {
+            float wv = T == T_F32 ? ((const float*)row)[i]
+                     : T == T_F16 ? h2f(((const u16*)row)[i]) : bf2f(((const u16*)row)[i]);
+            acc += wv * x[i];
+        }
+    }
+    return acc;
+}
+
+// A lane's share of row · x (quantized weights, x as int8 blocks q and scales ds).
+template <int T>
+__device__ __forceinline__ float rowdot_q(const u8* row, const signed char* q, const float* ds,
+                                          int nb, int lane) {
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int it = lane; it < nb * 4; it += 32) {
+        int b = it >> 2, sub = it & 3;
+        acc += vdot<T>(row, b, sub, (const int*)(q + b * 32), ds[2 * b], ds[2 * b + 1]);
+    }
+    return acc;
+}
+
+// The activation xs[0..cols) (shared) to int8 blocks in shared q/ds when ty is quantized.
+__device__ __forceinline__ void smem_quantize(int ty, const float* xs, int cols, signed char* q,
+                                              float* ds) {
+    if (!is_quant(ty)) return;
+    __syncthreads();
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int b = threadIdx.x >> 5; b < cols / 32; b += nw) q8_block(xs[b * 32 + lane], q, ds, b, lane);
+}
+
+// A lane's share of row · x for weight type T (see rowdot_f, rowdot_q).
+template <int T>
+__device__ __forceinline__ float rowdot_t(const u8* row, const float* x, const signed char* q,
+                                          const float* ds, int cols, int lane) {
+    if (T == T_F32 || T == T_F16 || T == T_BF16) return rowdot_f<T>(row, x, cols, lane);
+    return rowdot_q<T>(row, q, ds, cols / 32, lane);
+}
+
+__device__ __forceinline__ void put_row(int r, float acc, const float* bias, float* out,
+                                        float* resid, const float* scale) {
+    float v = acc + (bias ? bias[r] : 0.0f);
+    if (resid) {
+        float old = __ldcg(resid + r);
+        resid[r] = (scale ? scale[r] * old : old) + v;
+    } else {
+        out[r] = v;
+    }
+}
+
+// Rows of W (one warp each, strided over every warp of the grid, two rows in flight per warp)
+// times the activation in shared memory: out[r] = W[r]·x + bias[r], or with resid,
+// resid[r] = (scale ⊙ resid)[r] + W[r]·x + bias[r].
+template <int T>
+__device__ void grid_rows_t(const u8* w, long long rb, int rows, int cols, const float* xs,
+                            const signed char* q, const float* ds, const float* bias, float* out,
+                            float* resid, const float* scale) {
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    int gw = blockIdx.x * nw + (threadIdx.x >> 5), tw = gridDim.x * nw;
+    for (int r = gw; r < rows; r += 2 * tw) {
+        int r2 = r + tw;
+        float a0 = rowdot_t<T>(w + (long long)r * rb, xs, q, ds, cols, lane);
+        float a1 = r2 < rows ? rowdot_t<T>(w + (long long)r2 * rb, xs, q, ds, cols, lane) : 0.0f;
+        a0 = warp_sum(a0);
+        a1 = warp_sum(a1);
+        if (lane == 0) {
+            put_row(r, a0, bias, out, resid, scale);
+            if (r2 < rows) put_row(r2, a1, bias, out, resid, scale);
+        }
+    }
+}
+
+__device__ void grid_rows(int ty, const u8* w, long long rb, int rows, int cols, const float* xs,
+                          const signed char* q, const float* ds, const float* bias, float* out,
+                          float* resid, const float* scale) {
+    __syncthreads();
+#define GR(T) grid_rows_t<T>(w, rb, rows, cols, xs, q, ds, bias, out, resid, scale)
+    switch (ty) {
+    case T_F32: GR(T_F32); break;
+    case T_F16: GR(T_F16); break;
+    case T_BF16: GR(T_BF16); break;
+    case T_Q4_0: GR(T_Q4_0); break;
+    case T_Q4_1: GR(T_Q4_1); break;
+    case T_Q5_0: GR(T_Q5_0); break;
+    case T_Q5_1: GR(T_Q5_1); break;
+    case T_Q8_0: GR(T_Q8_0); break;
+    }
+#undef GR
+}
+
+// xs = RMSNorm(x) ⊙ w (x read past L1; w staged in ws with x, one round trip), and its int8
+// blocks for a quantized product.
+__device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, int ty, float* xs,
+                             float* ws, signed char* q, float* ds) {
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = __ldcg(x + j);
+        ws[j] = w[j];
+        xs[j] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss) / (float)d;
+    float inv = 1.0f / sqrtf(ss + eps);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) xs[j] = ws[j] * (xs[j] * inv);
+    smem_quantize(ty, xs, d, q, ds);
+}
+
+extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs* __restrict__ pa) {
+    extern __shared__ float smem[];
+    const SsdDecodeArgs A = *pa;
+    int d = (int)A.d_model, di = (int)A.d_inner;
+    int widest = d > di ? d : di;
+    // Shared: activation, norm weights, int8 blocks and scales, every layer's arguments.
+    float* xs = smem;
+    float* ws = smem + widest;
+    signed char* q = (signed char*)(smem + 2 * widest);
+    float* ds = (float*)(q + ((widest + 15) & ~15));
+    SsdLayerArgs* layers = (SsdLayerArgs*)(ds + 2 * (widest / 32 + 1));
+    {
+        const long long* from = (const long long*)A.layers;
+        long long* to = (long long*)layers;
+        int words = (int)A.n_layers * (int)(sizeof(SsdLayerArgs) / 8);
+        for (int i = threadIdx.x; i < words; i += blockDim.x) to[i] = from[i];
+    }
+    unsigned target = 0;
+    // The token's embedding row into the residual.
+    {
+        const u8* row = A.emb_w + (long long)A.step[0] * A.emb_rb;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
+            A.x[j] = dq((int)A.emb_ty, row, j);
+    }
+    grid_sync(A.bar, &target, A.times);
+    int p = (int)A.head_dim, n = (int)A.d_state, ng = (int)A.n_groups, nh = (int)A.n_heads;
+    int parts = (int)A.parts, rows = (int)A.in_rows;
+    if (A.prefetch) prefetch_rows(A.layers[0].in_w, A.layers[0].in_rb, rows);
+    for (int l = 0; l < (int)A.n_layers; l++) {
+        const SsdLayerArgs& L = layers[l];
+        smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds);
+        grid_rows((int)L.in_ty, L.in_w, L.in_rb, rows, d, xs, q, ds, L.in_b, A.zx, 0, 0);
+        grid_sync(A.bar, &target, A.times);
+        // While the SSD step runs: this layer's out_proj and the next layer's in_proj.
+        if (A.prefetch) {
+            prefetch_rows(L.out_w, L.out_rb, d);
+            if (l + 1 < (int)A.n_layers) prefetch_rows(layers[l + 1].in_w, layers[l + 1].in_rb, rows);
+        }
+        for (int it = blockIdx.x; it < nh * parts; it += gridDim.x) {
+            ssd_item(it / parts, nh, it % parts, parts, A.zx, rows, L.conv, L.conv_w, L.conv_b,
+                     L.inv_freq, L.dt_bias, L.a, L.dskip, L.ssm, A.y, p, n, ng, di,
+                     (int)A.d_conv, 0, A.step);
+            __syncthreads();
+        }
+        grid_sync(A.bar, &target, A.times);
+        // Gated RMSNorm per group of y ⊙ silu(z) (as gate_norm), then out_proj into x.
+        int gs = di / ng;
+        for (int g = 0; g < ng; g++) {
+            float ss = 0.0f;
+            for (int j = g * gs + threadIdx.x; j < (g + 1) * gs; j += blockDim.x) {
+                float v = __ldcg(A.y + j) * silu(__ldcg(A.zx + j));
+                ws[j] = L.gnorm[j];
+                xs[j] = v;
+                ss += v * v;
+            }
+            ss = block_sum(ss) / (float)gs;
+            float inv = 1.0f / sqrtf(ss + A.gnorm_eps);
+            for (int j = g * gs + threadIdx.x; j < (g + 1) * gs; j += blockDim.x)
+                xs[j] = ws[j] * (xs[j] * inv);
+        }
+        smem_quantize((int)L.out_ty, xs, di, q, ds);
+        grid_rows((int)L.out_ty, L.out_w, L.out_rb, d, di, xs, q, ds, L.out_b, 0, A.x,
+                  L.res_scale);
+        grid_sync(A.bar, &target, A.times);
+    }
+    smem_rmsnorm(A.x, A.out_norm, A.eps, d, (int)A.out_ty, xs, ws, q, ds);
+    grid_rows((int)A.out_ty, A.out_w, A.out_rb, (int)A.vocab, d, xs, q, ds, 0, A.logits, 0, 0);
+    if (A.times) grid_sync(A.bar, &target, A.times);
 }
