@@ -18,9 +18,10 @@
 //! 8 bytes in, launches the graph and copies the logits row out (the sampler stays on the host),
 //! allocating nothing. On sm_90+ kernels are launched with programmatic stream serialization.
 //!
-//! Weight types: F32, F16, BF16 (f32 activations), Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (int8 dot
-//! products against activations quantized to int8 blocks of 32 with f16 scales, as ggml's q8_0 /
-//! q8_1 and llama.cpp's MMVQ). K-quants (Q4_K, Q5_K, Q6_K) are requantized to Q8_0 when uploaded.
+//! Weight types: F32, F16, BF16 (f32 activations), Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+//! Q6_K (int8 dot products against activations quantized to int8 blocks of 32 with f16 scales, as
+//! ggml's q8_0 / q8_1 and llama.cpp's MMVQ); Q2_K and Q3_K, which llama.cpp's files may hold, are
+//! requantized to Q8_0 when uploaded.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -60,6 +61,9 @@ const KERNELS: &[&str] = &[
     "mmvq3_q5_0",
     "mmvq3_q5_1",
     "mmvq3_q8_0",
+    "mmvq3_q4_k",
+    "mmvq3_q5_k",
+    "mmvq3_q6_k",
     "mvf3_f32",
     "mvf3_f16",
     "mvf3_bf16",
@@ -244,7 +248,8 @@ impl Gpu {
                 attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
                 attr.value.cooperative = 1;
             } else {
-                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attr.id =
+                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
                 attr.value.programmaticStreamSerializationAllowed = i32::from(self.pdl);
             }
             let cfg = sys::CUlaunchConfig {
@@ -364,14 +369,17 @@ impl GMat {
 }
 
 /// Uploads a matrix in its stored type, or as Q8_0 (F16 for rows that are not whole blocks) for
-/// the types the kernels do not read.
+/// the types the kernels do not read (none of the types the formats write today).
 fn upload_mat(pool: &mut Pool, gpu: &Gpu, m: &Mat, map: &[u8]) -> Result<GMat> {
     upload_matref(pool, gpu, &m.get(map))
 }
 
 fn upload_matref(pool: &mut Pool, gpu: &Gpu, r: &MatRef<'_>) -> Result<GMat> {
     use GgmlType::*;
-    if matches!(r.ty, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0) {
+    if matches!(
+        r.ty,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K
+    ) {
         return Ok(GMat {
             ty: r.ty,
             rows: r.rows,
@@ -380,8 +388,8 @@ fn upload_matref(pool: &mut Pool, gpu: &Gpu, r: &MatRef<'_>) -> Result<GMat> {
             row_bytes: r.row_bytes(),
         });
     }
-    // Other types (the k-quants) are requantized to Q8_0 (8.5 bits per weight) when their rows
-    // are whole blocks of 32, else converted to F16.
+    // Other types are requantized to Q8_0 (8.5 bits per weight) when their rows are whole
+    // blocks of 32, else converted to F16.
     let to = if r.cols.is_multiple_of(32) { Q8_0 } else { F16 };
     let row_bytes = to
         .row_bytes(r.cols)
@@ -417,6 +425,9 @@ fn product_kernel(ty: GgmlType) -> Result<&'static str> {
         GgmlType::Q5_0 => "mmvq3_q5_0",
         GgmlType::Q5_1 => "mmvq3_q5_1",
         GgmlType::Q8_0 => "mmvq3_q8_0",
+        GgmlType::Q4_K => "mmvq3_q4_k",
+        GgmlType::Q5_K => "mmvq3_q5_k",
+        GgmlType::Q6_K => "mmvq3_q6_k",
         GgmlType::F32 => "mvf3_f32",
         GgmlType::F16 => "mvf3_f16",
         GgmlType::BF16 => "mvf3_bf16",
@@ -1104,7 +1115,8 @@ fn plan_fused_or_why(
         0
     };
     // CHEEMS_CUDA_FUSED_PREFETCH=0: no L2 prefetch of the coming weights (for measurements).
-    let prefetch = u64::from(std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").map_or(true, |v| v != "0"));
+    let prefetch =
+        u64::from(std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").map_or(true, |v| v != "0"));
     let layers_at = 29 * 8;
     words.extend([
         0, // the layers' address, set below
@@ -1458,7 +1470,11 @@ impl GpuSession {
             }
             let layers = (fz.times.1 - 2) / 3;
             for (i, (all, own)) in sums.iter().enumerate() {
-                let (name, per) = if i == 3 { ("head", 1) } else { (names[i], layers) };
+                let (name, per) = if i == 3 {
+                    ("head", 1)
+                } else {
+                    (names[i], layers)
+                };
                 eprintln!(
                     "fused stage {name}: {:.2} us (block 0 busy {:.2} us) x {per}",
                     all / per as f64,

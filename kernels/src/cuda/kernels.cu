@@ -2,7 +2,7 @@
 // the position read it from `step` (step[2t] = token t, step[1] = position of token 0), so one
 // decode step is a fixed sequence of launches that a CUDA graph can replay. Weight types use
 // ggml's ids and block layouts (formats/src/blocks): F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7,
-// Q8_0 8, BF16 30 (k-quants are requantized to Q8_0 when the weights are uploaded). Quantized
+// Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, BF16 30 (super-blocks of 256 as ggml's). Quantized
 // products follow llama.cpp's MMVQ: the activation is quantized to int8 blocks of 32 and each
 // weight block is an int8 dot product (dp4a). Activation blocks are int8 quants q[32·b..] and a
 // float pair per block, ds[2b] = d and ds[2b+1] = s = d·Σq, each rounded to f16 as ggml's
@@ -23,6 +23,9 @@
 #define T_Q5_0 6
 #define T_Q5_1 7
 #define T_Q8_0 8
+#define T_Q4_K 12
+#define T_Q5_K 13
+#define T_Q6_K 14
 #define T_BF16 30
 
 #define INFINITY __int_as_float(0x7f800000)
@@ -103,6 +106,18 @@ __device__ float block_max(float v) {
     return total;
 }
 
+// Scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block: 6 bits each, packed in 12
+// bytes as ggml's get_scale_min_k4.
+__device__ __forceinline__ void kscale(const u8* s, int j, int* sc, int* m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
 // Value j of a row of type ty (any type above).
 __device__ float dq(int ty, const u8* row, int j) {
     switch (ty) {
@@ -138,6 +153,31 @@ __device__ float dq(int ty, const u8* row, int j) {
         u32 qh = *(const u32*)(b + 4);
         int q = (i < 16 ? (b[8 + i] & 15) : (b[8 + i - 16] >> 4)) | (((qh >> i) & 1) << 4);
         return h2f(ld16(b)) * (float)q + h2f(ld16(b + 2));
+    }
+    case T_Q4_K:
+    case T_Q5_K: {
+        // Sub-block sb (32 values) of a super-block: 4-bit values in the low (even sb) or high
+        // (odd sb) nibbles of 32 bytes, Q5_K's fifth bit in bit sb of qh[l].
+        const u8* b = row + (j >> 8) * (ty == T_Q4_K ? 144 : 176);
+        int sb = (j & 255) >> 5, l = j & 31;
+        int sc, m;
+        kscale(b + 4, sb, &sc, &m);
+        const u8* qs = b + (ty == T_Q4_K ? 16 : 48);
+        int byte = qs[32 * (sb >> 1) + l];
+        int q = (sb & 1) ? byte >> 4 : byte & 15;
+        if (ty == T_Q5_K) q |= ((b[16 + l] >> sb) & 1) << 4;
+        return h2f(ld16(b)) * (float)sc * (float)q - h2f(ld16(b + 2)) * (float)m;
+    }
+    case T_Q6_K: {
+        // Halves of 128: chunk c of 32 values in ql's low (c < 2) or high nibbles, two bits of
+        // qh[l] at 2c; an int8 scale per 16 values.
+        const u8* b = row + (j >> 8) * 210;
+        int jj = j & 255, n = jj >> 7, c = (jj & 127) >> 5, l = jj & 31;
+        int byte = b[64 * n + (c & 1) * 32 + l];
+        int nib = (c >> 1) ? byte >> 4 : byte & 15;
+        int hb = (b[128 + 32 * n + l] >> (2 * c)) & 3;
+        int sc = (signed char)b[192 + 8 * n + (l >> 4) + 2 * c];
+        return h2f(ld16(b + 208)) * (float)sc * (float)((nib | (hb << 4)) - 32);
     }
     }
     return 0.0f;
@@ -272,6 +312,47 @@ __device__ __forceinline__ float vdot(const u8* row, int b, int sub, const int* 
         w1 = (int)ld32_2(blk + 6 + 8 * sub);
         return h2f(ld16(blk)) * da * (float)__dp4a(w0, a0, __dp4a(w1, a1, 0));
     }
+    if (T == T_Q4_K || T == T_Q5_K) {
+        // Activation block b is sub-block j of super-block b / 8; its values are contiguous
+        // nibbles (see dq), so the 8 values of `sub` pair with aq[2sub], aq[2sub+1].
+        const u8* blk = row + (b >> 3) * (T == T_Q4_K ? 144 : 176);
+        int j = b & 7;
+        int sc, m;
+        kscale(blk + 4, j, &sc, &m);
+        const u8* qs = blk + (T == T_Q4_K ? 16 : 48) + 32 * (j >> 1) + 8 * sub;
+        u32 v0 = *(const u32*)qs, v1 = *(const u32*)(qs + 4);
+        int sh = (j & 1) * 4;
+        w0 = (int)((v0 >> sh) & 0x0F0F0F0Fu);
+        w1 = (int)((v1 >> sh) & 0x0F0F0F0Fu);
+        if (T == T_Q5_K) {
+            const u8* qh = blk + 16 + 8 * sub;
+            w0 |= (int)(((*(const u32*)qh >> j) & 0x01010101u) << 4);
+            w1 |= (int)(((*(const u32*)(qh + 4) >> j) & 0x01010101u) << 4);
+        }
+        a0 = aq[2 * sub];
+        a1 = aq[2 * sub + 1];
+        int s = __dp4a(w0, a0, __dp4a(w1, a1, 0));
+        return h2f(ld16(blk)) * (float)sc * da * (float)s -
+               (sub == 0 ? h2f(ld16(blk + 2)) * (float)m * sa : 0.0f);
+    }
+    if (T == T_Q6_K) {
+        // Block b is chunk c of half n of super-block b / 8 (see dq); one int8 scale per 16
+        // values, so per 8 values of `sub`. Rows are 2-byte aligned (210-byte blocks).
+        const u8* blk = row + (b >> 3) * 210;
+        int j = b & 7, n = j >> 2, c = j & 3;
+        const u8* ql = blk + 64 * n + (c & 1) * 32 + 8 * sub;
+        const u8* qh = blk + 128 + 32 * n + 8 * sub;
+        int sh = (c >> 1) * 4;
+        u32 h0 = ld32_2(qh), h1 = ld32_2(qh + 4);
+        w0 = (int)(((ld32_2(ql) >> sh) & 0x0F0F0F0Fu) | (((h0 >> (2 * c)) & 0x03030303u) << 4));
+        w1 = (int)(((ld32_2(ql + 4) >> sh) & 0x0F0F0F0Fu) | (((h1 >> (2 * c)) & 0x03030303u) << 4));
+        a0 = aq[2 * sub];
+        a1 = aq[2 * sub + 1];
+        int sumq = __dp4a(0x01010101, a0, __dp4a(0x01010101, a1, 0));
+        int s = __dp4a(w0, a0, __dp4a(w1, a1, 0)) - 32 * sumq;
+        int sc = (signed char)blk[192 + 8 * n + (sub >> 1) + 2 * c];
+        return h2f(ld16(blk + 208)) * (float)sc * da * (float)s;
+    }
     a0 = aq[sub];
     a1 = aq[4 + sub];
     if (T == T_Q4_0) {
@@ -392,6 +473,9 @@ MMVQ3(mmvq3_q4_1, T_Q4_1)
 MMVQ3(mmvq3_q5_0, T_Q5_0)
 MMVQ3(mmvq3_q5_1, T_Q5_1)
 MMVQ3(mmvq3_q8_0, T_Q8_0)
+MMVQ3(mmvq3_q4_k, T_Q4_K)
+MMVQ3(mmvq3_q5_k, T_Q5_K)
+MMVQ3(mmvq3_q6_k, T_Q6_K)
 
 
 // Float weights (F32, F16, BF16) against f32 activations, up to three matrices (see mmvq3).
@@ -1266,6 +1350,9 @@ __device__ void grid_rows(int ty, const u8* w, long long rb, int rows, int cols,
     case T_Q5_0: GR(T_Q5_0); break;
     case T_Q5_1: GR(T_Q5_1); break;
     case T_Q8_0: GR(T_Q8_0); break;
+    case T_Q4_K: GR(T_Q4_K); break;
+    case T_Q5_K: GR(T_Q5_K); break;
+    case T_Q6_K: GR(T_Q6_K); break;
     }
 #undef GR
 }
