@@ -511,6 +511,23 @@ mod gpu {
                 worst <= tol,
                 "{name}: decode-path logits differ by {worst:.3e} (tolerance {tol:.3e})"
             );
+            // All tokens as one batch (SSD layers: the `ssd_scan` recurrence in one launch).
+            let mut s = Session::new_on(model.clone(), &opts(toks.len()), Device::Cuda(0)).unwrap();
+            let mut all = Vec::new();
+            s.prefill_all(&toks, &mut all).unwrap();
+            let worst = all
+                .iter()
+                .zip(&want.data)
+                .fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+            eprintln!(
+                "fixture {name} on GPU, one batch of {}: max |Δlogit| {:.2e} of the logit scale (bound 1e-3)",
+                toks.len(),
+                worst / scale
+            );
+            assert!(
+                worst <= tol,
+                "{name}: batch logits differ by {worst:.3e} (tolerance {tol:.3e})"
+            );
             // Greedy generation, prompt through prefill.
             let prompt = tokens(&r["greedy_prompt"]);
             let want = tokens(&r["greedy"]);

@@ -73,6 +73,8 @@ const KERNELS: &[&str] = &[
     "attn_combine",
     "dma_insert",
     "ssd_fused",
+    "ssd_scan",
+    "ssd_conv_hist",
     "gate_norm",
     "moe_route",
     "moe_alpha",
@@ -1814,7 +1816,53 @@ impl GpuSession {
                     let (di, rows) = (sc.d_inner, sc.in_proj_rows());
                     self.add_norm(pending, layer.attn_norm, s.xb, n, in_proj.quantized())?;
                     self.products(s.xb, n, &[(in_proj, s.zx, *in_bias)], false)?;
-                    for t in 0..n {
+                    // A batch: the whole recurrence in one launch, then the conv history.
+                    let scan = n > 1 && sc.d_state <= 256 && sc.d_conv <= 9;
+                    if scan {
+                        let nw = 8;
+                        self.launch(
+                            "ssd_scan",
+                            (sc.n_heads, sc.head_dim.div_ceil(nw)),
+                            32 * nw,
+                            &[
+                                s.zx,
+                                i(rows),
+                                *conv,
+                                *conv_w,
+                                *conv_b,
+                                *rope_inv_freq,
+                                *dt_bias,
+                                *a,
+                                *dskip,
+                                *ssm,
+                                s.y,
+                                i(sc.head_dim),
+                                i(sc.d_state),
+                                i(sc.n_groups),
+                                i(di),
+                                i(sc.d_conv),
+                                i(n),
+                                s.step,
+                            ],
+                        )?;
+                        let cd = sc.conv_dim();
+                        self.launch(
+                            "ssd_conv_hist",
+                            (cd.div_ceil(256), 1),
+                            256,
+                            &[
+                                s.zx,
+                                i(rows),
+                                *conv,
+                                i(cd),
+                                i(di),
+                                i(sc.d_conv),
+                                i(n),
+                                s.step,
+                            ],
+                        )?;
+                    }
+                    for t in (0..n).filter(|_| !scan) {
                         self.launch(
                             "ssd_fused",
                             (sc.n_heads, sc.head_dim.div_ceil(8)),

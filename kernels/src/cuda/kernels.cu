@@ -1003,6 +1003,114 @@ extern "C" __global__ void ssd_fused(const float* zx, int zx_stride, float* conv
              inv_freq, dt_bias, a, dskip, ssm, y, p, n, n_groups, d_inner, dconv, t, step);
 }
 
+// The SSD recurrence over all `ntok` tokens of a batch (token t at position step[1] + t) in one
+// launch: block (head h, part of its rows), one warp per row, the state rows held in registers
+// from the first token to the last. Per token, as ssd_item: the causal conv (inputs before the
+// batch from conv buffer step[1] & 1, later ones from zx) and SiLU of the group's B and C and
+// of the block's x channels, RoPE on B and C, Δ, the state update and y. The conv buffer is only
+// read; ssd_conv_hist writes the next history after this launch.
+#define SCAN_K 8  // d_state <= 32 * SCAN_K
+extern "C" __global__ void ssd_scan(const float* zx, int zx_stride, const float* conv,
+                                    const float* cw, const float* cb, const float* inv_freq,
+                                    const float* dt_bias, const float* a, const float* dskip,
+                                    float* ssm, float* y, int p, int n, int n_groups, int d_inner,
+                                    int dconv, int ntok, const int* step) {
+    PDL_WAIT();
+    int h = blockIdx.x, nh = gridDim.x;
+    int g = h / (nh / n_groups);
+    int cd = d_inner + 2 * n_groups * n;
+    int pos0 = step[1];
+    int w1 = dconv - 1;
+    const float* hold = conv + (long long)(pos0 & 1) * cd * w1;
+    __shared__ float bc[512];
+    __shared__ float xs[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int r0 = blockIdx.y * nw;
+    int i = r0 + warp;  // this warp's row
+    bool row = i < p;
+    float st[SCAN_K];
+    const float* srow = ssm + ((long long)h * p + (row ? i : 0)) * n;
+#pragma unroll
+    for (int k = 0; k < SCAN_K; k++) st[k] = row && lane + 32 * k < n ? srow[lane + 32 * k] : 0.0f;
+    float da_h = a[h], dtb = dt_bias[h], dsk = dskip[h];
+    for (int t = 0; t < ntok; t++) {
+        const float* in = zx + d_inner;  // xBC before the conv, row s at in + s * zx_stride
+        // B then C of group g, and this block's x channels.
+        int nb = 2 * n, nx = min(nw, p - r0);
+        for (int k = threadIdx.x; k < nb + nx; k += blockDim.x) {
+            int ch = k < nb ? d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n))
+                            : h * p + r0 + (k - nb);
+            const float* taps = cw + (long long)ch * dconv;
+            float acc = cb ? cb[ch] : 0.0f;
+            for (int j = 0; j <= w1; j++) {
+                int s = t - w1 + j;
+                float u = s >= 0 ? in[(long long)s * zx_stride + ch] : hold[(long long)ch * w1 + (w1 + s)];
+                acc += taps[j] * u;
+            }
+            if (k < nb) bc[k] = silu(acc);
+            else xs[k - nb] = silu(acc);
+        }
+        __syncthreads();
+        if (inv_freq) {
+            int half = n / 2;
+            for (int k = threadIdx.x; k < 2 * half; k += blockDim.x) {
+                int v = k / half, q = k % half;
+                float sn, cs;
+                sincosf((float)(pos0 + t) * inv_freq[q], &sn, &cs);
+                float* vec = bc + v * n;
+                float x0 = vec[q], x1 = vec[q + half];
+                vec[q] = x0 * cs - x1 * sn;
+                vec[q + half] = x0 * sn + x1 * cs;
+            }
+            __syncthreads();
+        }
+        float dt = softplus(zx[(long long)t * zx_stride + d_inner + cd + h] + dtb);
+        float da = expf(dt * da_h);
+        if (row) {
+            float xi = xs[warp];
+            float dtx = dt * xi;
+            float acc = 0.0f;
+#pragma unroll
+            for (int k = 0; k < SCAN_K; k++) {
+                int kk = lane + 32 * k;
+                if (kk < n) {
+                    st[k] = st[k] * da + dtx * bc[kk];
+                    acc += st[k] * bc[n + kk];
+                }
+            }
+            acc = warp_sum(acc);
+            if (lane == 0) y[(long long)t * d_inner + h * p + i] = acc + dsk * xi;
+        }
+        __syncthreads();
+    }
+    if (row) {
+        float* wrow = ssm + ((long long)h * p + i) * n;
+#pragma unroll
+        for (int k = 0; k < SCAN_K; k++)
+            if (lane + 32 * k < n) wrow[lane + 32 * k] = st[k];
+    }
+}
+
+// After ssd_scan over ntok tokens from position pos0 = step[1]: each channel's conv history
+// (its last d_conv-1 inputs) into buffer (pos0 + ntok) & 1, read from buffer pos0 & 1 and zx.
+// One thread per channel, which reads its whole history before writing (the buffers are the
+// same one when ntok is even).
+extern "C" __global__ void ssd_conv_hist(const float* zx, int zx_stride, float* conv, int cd,
+                                         int d_inner, int dconv, int ntok, const int* step) {
+    PDL_WAIT();
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= cd) return;
+    int pos0 = step[1], w1 = dconv - 1;
+    const float* hold = conv + (long long)(pos0 & 1) * cd * w1 + (long long)ch * w1;
+    float* hnew = conv + (long long)((pos0 + ntok) & 1) * cd * w1 + (long long)ch * w1;
+    float v[8];
+    for (int j = 0; j < w1 && j < 8; j++) {
+        int s = ntok - w1 + j;
+        v[j] = s >= 0 ? zx[(long long)s * zx_stride + d_inner + ch] : hold[w1 + s];
+    }
+    for (int j = 0; j < w1 && j < 8; j++) hnew[j] = v[j];
+}
+
 // y = RMSNorm_groups(y ⊙ silu(z)) in place; one block per (group, token) (grid.x, grid.y).
 // With q8, the result's int8 blocks too (group size a multiple of 32).
 extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, const float* w,
