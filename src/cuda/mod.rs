@@ -1816,35 +1816,35 @@ impl GpuSession {
                     let (di, rows) = (sc.d_inner, sc.in_proj_rows());
                     self.add_norm(pending, layer.attn_norm, s.xb, n, in_proj.quantized())?;
                     self.products(s.xb, n, &[(in_proj, s.zx, *in_bias)], false)?;
-                    // A batch: the whole recurrence in one launch, then the conv history.
-                    let scan = n > 1 && sc.d_state <= 256 && sc.d_conv <= 9;
-                    if scan {
+                    // The kernels' arguments, with the token (ssd_fused) or the token count
+                    // (ssd_scan) at `t`.
+                    let args = |t: usize| {
+                        [
+                            s.zx,
+                            i(rows),
+                            *conv,
+                            *conv_w,
+                            *conv_b,
+                            *rope_inv_freq,
+                            *dt_bias,
+                            *a,
+                            *dskip,
+                            *ssm,
+                            s.y,
+                            i(sc.head_dim),
+                            i(sc.d_state),
+                            i(sc.n_groups),
+                            i(di),
+                            i(sc.d_conv),
+                            i(t),
+                            s.step,
+                        ]
+                    };
+                    if n > 1 && sc.d_state <= 256 && sc.d_conv <= 9 {
+                        // A batch: the whole recurrence in one launch, then the conv history.
                         let nw = 8;
-                        self.launch(
-                            "ssd_scan",
-                            (sc.n_heads, sc.head_dim.div_ceil(nw)),
-                            32 * nw,
-                            &[
-                                s.zx,
-                                i(rows),
-                                *conv,
-                                *conv_w,
-                                *conv_b,
-                                *rope_inv_freq,
-                                *dt_bias,
-                                *a,
-                                *dskip,
-                                *ssm,
-                                s.y,
-                                i(sc.head_dim),
-                                i(sc.d_state),
-                                i(sc.n_groups),
-                                i(di),
-                                i(sc.d_conv),
-                                i(n),
-                                s.step,
-                            ],
-                        )?;
+                        let grid = (sc.n_heads, sc.head_dim.div_ceil(nw));
+                        self.launch("ssd_scan", grid, 32 * nw, &args(n))?;
                         let cd = sc.conv_dim();
                         self.launch(
                             "ssd_conv_hist",
@@ -1861,33 +1861,11 @@ impl GpuSession {
                                 s.step,
                             ],
                         )?;
-                    }
-                    for t in (0..n).filter(|_| !scan) {
-                        self.launch(
-                            "ssd_fused",
-                            (sc.n_heads, sc.head_dim.div_ceil(8)),
-                            256,
-                            &[
-                                s.zx,
-                                i(rows),
-                                *conv,
-                                *conv_w,
-                                *conv_b,
-                                *rope_inv_freq,
-                                *dt_bias,
-                                *a,
-                                *dskip,
-                                *ssm,
-                                s.y,
-                                i(sc.head_dim),
-                                i(sc.d_state),
-                                i(sc.n_groups),
-                                i(di),
-                                i(sc.d_conv),
-                                i(t),
-                                s.step,
-                            ],
-                        )?;
+                    } else {
+                        for t in 0..n {
+                            let grid = (sc.n_heads, sc.head_dim.div_ceil(8));
+                            self.launch("ssd_fused", grid, 256, &args(t))?;
+                        }
                     }
                     let gs = di / sc.n_groups;
                     let q8 = out_proj.quantized() && gs.is_multiple_of(32);

@@ -478,6 +478,21 @@ MMVQ3(mmvq3_q5_k, T_Q5_K)
 MMVQ3(mmvq3_q6_k, T_Q6_K)
 
 
+// The 8 F16 (T_F16) or BF16 values of 16 bytes, as floats.
+template <int T>
+__device__ __forceinline__ void unpack8(uint4 v, float* f) {
+    u32 p[4] = {v.x, v.y, v.z, v.w};
+    for (int j = 0; j < 4; j++) {
+        if (T == T_F16) {
+            f[2 * j] = h2f((u16)(p[j] & 0xffff));
+            f[2 * j + 1] = h2f((u16)(p[j] >> 16));
+        } else {
+            f[2 * j] = __uint_as_float(p[j] << 16);
+            f[2 * j + 1] = __uint_as_float(p[j] & 0xffff0000u);
+        }
+    }
+}
+
 // Float weights (F32, F16, BF16) against f32 activations, up to three matrices (see mmvq3).
 template <int T, int NC>
 __device__ void mvf3(const Three& m, long long row_bytes, const float* x, int cols, int nc,
@@ -507,17 +522,8 @@ __device__ void mvf3(const Three& m, long long row_bytes, const float* x, int co
         const uint4* wr = (const uint4*)row;
         for (int i = l0; i < cols / 8; i += ls) {
             uint4 v = wr[i];
-            u32 p[4] = {v.x, v.y, v.z, v.w};
             float f[8];
-            for (int j = 0; j < 4; j++) {
-                if (T == T_F16) {
-                    f[2 * j] = h2f((u16)(p[j] & 0xffff));
-                    f[2 * j + 1] = h2f((u16)(p[j] >> 16));
-                } else {
-                    f[2 * j] = __uint_as_float(p[j] << 16);
-                    f[2 * j + 1] = __uint_as_float(p[j] & 0xffff0000u);
-                }
-            }
+            unpack8<T>(v, f);
             for (int c = 0; c < NC; c++) {
                 if (c < nc) {
                     const float4* xa = (const float4*)(x + (long long)c * cols) + 2 * i;
@@ -910,6 +916,22 @@ extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, i
 // update of its rows, y = state·C + D·x. The conv state is double-buffered by position parity
 // ([2][conv_dim][d_conv-1]): every block reads buffer pos & 1 and the owner of a channel writes
 // its next history to the other buffer, so heads sharing B and C never race.
+// RoPE (pairing (i, i + n/2)) at position pos on B and C of one group, bc = [B | C] in shared
+// memory; block-wide, ends with __syncthreads.
+__device__ void rope_bc(float* bc, int n, int pos, const float* inv_freq) {
+    int half = n / 2;
+    for (int k = threadIdx.x; k < 2 * half; k += blockDim.x) {
+        int v = k / half, i = k % half;
+        float s, c;
+        sincosf((float)pos * inv_freq[i], &s, &c);
+        float* vec = bc + v * n;
+        float x0 = vec[i], x1 = vec[i + half];
+        vec[i] = x0 * c - x1 * s;
+        vec[i + half] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+}
+
 // The body of ssd_fused for head h and part `part` of `parts` (also run by ssd_decode).
 // Block-uniform: every thread of the block calls it. zx is read past L1 (ld.cg): within
 // ssd_decode it was written by other blocks of the same launch.
@@ -962,19 +984,7 @@ __device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, in
         if (w1 > 0) nh_[w1 - 1] = cur;
     }
     __syncthreads();
-    if (inv_freq) {
-        int half = n / 2;
-        for (int k = threadIdx.x; k < 2 * half; k += blockDim.x) {
-            int v = k / half, i = k % half;
-            float s, c;
-            sincosf((float)pos * inv_freq[i], &s, &c);
-            float* vec = bc + v * n;
-            float x0 = vec[i], x1 = vec[i + half];
-            vec[i] = x0 * c - x1 * s;
-            vec[i + half] = x0 * s + x1 * c;
-        }
-        __syncthreads();
-    }
+    if (inv_freq) rope_bc(bc, n, pos, inv_freq);
     float dt = softplus(__ldcg(zx + (long long)t * zx_stride + d_inner + cd + h) + dt_bias[h]);
     float da = expf(dt * a[h]);
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -1051,19 +1061,7 @@ extern "C" __global__ void ssd_scan(const float* zx, int zx_stride, const float*
             else xs[k - nb] = silu(acc);
         }
         __syncthreads();
-        if (inv_freq) {
-            int half = n / 2;
-            for (int k = threadIdx.x; k < 2 * half; k += blockDim.x) {
-                int v = k / half, q = k % half;
-                float sn, cs;
-                sincosf((float)(pos0 + t) * inv_freq[q], &sn, &cs);
-                float* vec = bc + v * n;
-                float x0 = vec[q], x1 = vec[q + half];
-                vec[q] = x0 * cs - x1 * sn;
-                vec[q + half] = x0 * sn + x1 * cs;
-            }
-            __syncthreads();
-        }
+        if (inv_freq) rope_bc(bc, n, pos0 + t, inv_freq);
         float dt = softplus(zx[(long long)t * zx_stride + d_inner + cd + h] + dtb);
         float da = expf(dt * da_h);
         if (row) {
@@ -1355,17 +1353,8 @@ __device__ __forceinline__ float rowdot_f(const u8* row, const float* x, int col
 #pragma unroll 4
         for (int i = lane; i < cols / 8; i += 32) {
             uint4 v = wr[i];
-            u32 p[4] = {v.x, v.y, v.z, v.w};
             float f[8];
-            for (int j = 0; j < 4; j++) {
-                if (T == T_F16) {
-                    f[2 * j] = h2f((u16)(p[j] & 0xffff));
-                    f[2 * j + 1] = h2f((u16)(p[j] >> 16));
-                } else {
-                    f[2 * j] = __uint_as_float(p[j] << 16);
-                    f[2 * j + 1] = __uint_as_float(p[j] & 0xffff0000u);
-                }
-            }
+            unpack8<T>(v, f);
             const float4* xa = (const float4*)x + 2 * i;
             float4 a = xa[0], b = xa[1];
             acc += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y +
