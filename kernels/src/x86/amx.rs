@@ -2,11 +2,13 @@
 //! stable inline `asm!` (Rust has no stable tile intrinsics).
 //!
 //! `tdpbf16ps` multiplies bf16 pairs and accumulates in f32; bf16 alone would lose precision,
-//! so each product is split (the "bf16x3" scheme). An F16 weight is exactly `wh + wl`: `wh` is
-//! its f32 value truncated to bf16 (its top 16 bits) and `wl = w − wh` has at most 3 significant
-//! bits, exact in bf16. An f32 activation is `xh + xl + e`, both halves rounded to nearest even,
-//! `|e| ≤ 2⁻¹⁸|x|`. The tiles accumulate `wl·xh + wh·xh + wh·xl` in f32; the dropped `wl·xl` is
-//! below `2⁻¹⁶|w·x|`. BF16 weights are exact as `wh`: two products.
+//! so each product is split (the "bf16x3" scheme). An F16 weight (11 significant bits) is
+//! exactly `wh + wl`: `wh` is its value rounded to bf16 (nearest, ties to even; 8 bits) and the
+//! rest `wl = w − wh` (at most 3 significant bits, `|wl| ≤ 2⁻⁸|w|`) is exact in bf16. An f32
+//! activation is `xh + xl + e`, both halves rounded the same way, `|xl| ≤ 2⁻⁸|x|`,
+//! `|e| ≤ 2⁻¹⁶|x|`. The tiles accumulate `wl·xh + wh·xh + wh·xl` in f32; the dropped `wl·xl`
+//! and `w·e` are below `2⁻¹⁵|w·x|` together (measured: `2.7e-6 Σ|w·x|` at most, in
+//! `crate::matmul`'s test). BF16 weights are exact as `wh`: two products, `w·e` dropped.
 //!
 //! Tiles (all 16 rows of 64 bytes): `A` = 16 weight rows × 32 values, packed per panel of
 //! [`PANEL`] rows, per 32 columns `[wh rows 0-15][wh rows 16-31][wl 0-15][wl 16-31]` (1 KiB
@@ -206,7 +208,7 @@ pub(crate) unsafe fn pack_tokens(xs: *const f32, cols: usize, nt: usize, dst: &m
 /// `((2c + part)·2 + half)·TW`; rows and columns past the ends as zeros.
 ///
 /// # Safety
-/// `rows` points at `nr` rows of `rb` bytes holding `cols` values each; `panel` holds
+/// `rows` points at `nr` rows of `rb` bytes holding `cols` values each; `panel` is writable for
 /// `cs · 4 · TW` words.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
@@ -217,19 +219,18 @@ unsafe fn pack_panel<const SPLIT: bool>(
     cols: usize,
     c0: usize,
     cs: usize,
-    panel: &mut [u32],
+    panel: *mut u32,
     odd: __m512i,
 ) {
-    debug_assert!(nr <= PANEL && panel.len() >= cs * 4 * TW);
-    let top = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    let dst = panel.as_mut_ptr();
+    debug_assert!(nr <= PANEL && cs <= SEG_TILES);
+    let dst = panel;
     for r in 0..PANEL {
         let (half, rr) = (r / 16, r % 16);
         for c in 0..cs {
             let k = KT * (c0 + c);
             let o_hi = ((2 * c) * 2 + half) * TW + 16 * rr;
             let o_lo = ((2 * c + 1) * 2 + half) * TW + 16 * rr;
-            // SAFETY: `o_hi, o_lo + 16 <= cs · 4 · TW` (panel length); the row's values
+            // SAFETY: `o_hi, o_lo + 16 <= cs · 4 · TW` (writable: caller); the row's values
             // `k..min(k + 32, cols)` are in bounds (caller); masked-off lanes are not read.
             unsafe {
                 if r >= nr || k >= cols {
@@ -251,8 +252,7 @@ unsafe fn pack_panel<const SPLIT: bool>(
                 }
                 let a = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
                 let b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
-                let ha = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), top));
-                let hb = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(b), top));
+                let (ha, hb) = (bf16_rne(a), bf16_rne(b));
                 let (la, lb) = (_mm512_sub_ps(a, ha), _mm512_sub_ps(b, hb));
                 _mm512_storeu_si512(dst.add(o_hi).cast(), tops(ha, hb, odd));
                 _mm512_storeu_si512(dst.add(o_lo).cast(), tops(la, lb, odd));
@@ -261,8 +261,19 @@ unsafe fn pack_panel<const SPLIT: bool>(
     }
 }
 
+/// Weight lines to fetch into L2 while the tiles run: `rows` rows `rb` bytes apart from `at`,
+/// `chunks` lines of 64 bytes each (the next panel segment to pack, or a share of it).
+#[derive(Clone, Copy)]
+struct Ahead {
+    at: *const u8,
+    rows: usize,
+    rb: usize,
+    chunks: usize,
+}
+
 /// Runs `cs` column tiles: `tmm0-3 += ` the panel's two row halves times the token blocks at
-/// `x0` and `x1` (`C[half][block]` in tile `2·half + block`).
+/// `x0` and `x1` (`C[half][block]` in tile `2·half + block`), prefetching `ahead` on the way
+/// (the tiles run on their own unit, so the next panel's weights arrive meanwhile).
 ///
 /// # Safety
 /// The tile configuration is loaded; `panel` holds `cs · 4` tiles; `x0` and `x1` point at `cs`
@@ -274,8 +285,19 @@ unsafe fn run_tiles<const SPLIT: bool>(
     x0: *const u32,
     x1: *const u32,
     cs: usize,
+    ahead: Ahead,
 ) {
     for c in 0..cs {
+        let mut k = c;
+        while k < ahead.chunks {
+            for j in 0..ahead.rows {
+                // A prefetch never faults; the address stays inside the weights (caller).
+                _mm_prefetch::<_MM_HINT_T1>(
+                    ahead.at.wrapping_add(j * ahead.rb + 64 * k).cast::<i8>(),
+                );
+            }
+            k += cs;
+        }
         // SAFETY: the loads read tiles `4c..4c + 4` of the panel and tiles `2c, 2c + 1` of
         // both token blocks, all in bounds (caller); tiles touch no other memory.
         unsafe {
@@ -437,7 +459,10 @@ pub(crate) unsafe fn mm_rows<const SPLIT: bool>(
     let seg = kc.div_ceil(n_seg);
     // SAFETY: a constant array of 64 bytes.
     let odd = unsafe { _mm512_loadu_si512(ODD_WORDS.as_ptr().cast()) };
-    let mut panel = Panel([0; SEG_TILES * 4 * TW]);
+    // Written by `pack_panel` before the tiles read it (no zeroing: 128 KiB per task).
+    let mut panel = core::mem::MaybeUninit::<Panel>::uninit();
+    let panel = panel.as_mut_ptr().cast::<u32>();
+    let pairs = blocks.div_ceil(2);
     let cfg = TileCfg::all_16x64();
     // SAFETY: a valid palette-1 configuration (the process has the tile permission: caller).
     unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
@@ -449,19 +474,29 @@ pub(crate) unsafe fn mm_rows<const SPLIT: bool>(
             let cs = seg.min(kc - c0);
             // SAFETY: rows `r0..r0 + nr` are whole rows; the panel holds `SEG_TILES ≥ cs` tiles.
             unsafe {
-                pack_panel::<SPLIT>(
-                    rows.as_ptr().add(r0 * rb),
-                    rb,
-                    nr,
-                    cols,
-                    c0,
-                    cs,
-                    &mut panel.0,
-                    odd,
-                )
+                pack_panel::<SPLIT>(rows.as_ptr().add(r0 * rb), rb, nr, cols, c0, cs, panel, odd)
             };
+            // The segment packed next: the rest of these rows, else the next panel.
+            let (nr_next, r_next, c_next) = if c0 + cs < kc {
+                (nr, r0, c0 + cs)
+            } else if r0 + nr < n_rows {
+                (PANEL.min(n_rows - r0 - nr), r0 + nr, 0)
+            } else {
+                (0, r0, 0)
+            };
+            let chunks_next = seg.min(kc - c_next.min(kc));
             let mut b = 0;
             while b < blocks {
+                let p = b / 2;
+                let (lo, hi) = (p * nr_next / pairs, (p + 1) * nr_next / pairs);
+                let ahead = Ahead {
+                    at: rows
+                        .as_ptr()
+                        .wrapping_add((r_next + lo) * rb + 2 * KT * c_next),
+                    rows: hi - lo,
+                    rb,
+                    chunks: chunks_next,
+                };
                 let b1 = if b + 1 < blocks { b + 1 } else { b };
                 let x0 = xb.as_ptr().wrapping_add((b * kc + c0) * 2 * TW);
                 let x1 = xb.as_ptr().wrapping_add((b1 * kc + c0) * 2 * TW);
@@ -476,7 +511,7 @@ pub(crate) unsafe fn mm_rows<const SPLIT: bool>(
                         "tilezero tmm3",
                         options(nostack, nomem)
                     );
-                    run_tiles::<SPLIT>(panel.0.as_ptr(), x0, x1, cs);
+                    run_tiles::<SPLIT>(panel, x0, x1, cs, ahead);
                     let nt = (n - 16 * b).min(if b1 > b { 32 } else { 16 });
                     store_tiles(out, ld, r0, nr, 16 * b, nt, c0 > 0);
                 }
