@@ -607,7 +607,10 @@ mod tests {
     fn amx_tiles_match_the_f64_product() {
         let pool = Pool::new(2).unwrap();
         if !crate::dispatch::amx_available() {
-            eprintln!("amx_tiles_match_the_f64_product: no AMX-BF16 on this machine, skipped");
+            eprintln!(
+                "amx_tiles_match_the_f64_product: AMX-BF16 unavailable (CPU, OS or CHEEMS_AMX=0), \
+                 skipped"
+            );
             let w = MatRef {
                 ty: GgmlType::F16,
                 rows: 2,
