@@ -1,8 +1,9 @@
 //! Prefill products (`ys[t] = W xs[t]` for a batch of tokens) in FLOP/s: criterion's
 //! throughput is set to `2 · rows · cols · batch` elements per iteration, so its `Gelem/s`
 //! column reads as GFLOP/s (a multiply-add counts as two). The path is the one the engine takes
-//! (`matmul::matmul_auto`, which `Ctx::matmul` calls): the F16 tile kernel, the
-//! dequantize-and-GEMM path, or the level's integer tile kernel.
+//! (`matmul::matmul_auto`, which `Ctx::matmul` calls): AMX-BF16 tiles for F16/BF16 where the CPU
+//! has them (`CHEEMS_AMX=0` turns them off), the F16 tile kernel, the dequantize-and-GEMM path,
+//! or the level's integer tile kernel.
 //!
 //! `cargo bench -p cheems-kernels --bench matmul [-- FILTER]`; `CHEEMS_BENCH_QUICK=1` for short
 //! runs. Shapes: the Mamba-2 130m in-projection (3352 × 768) and out-projection (768 × 1536),
@@ -14,6 +15,7 @@ mod common;
 
 use std::hint::black_box;
 
+use cheems_formats::GgmlType;
 use cheems_kernels::matmul::{self, Activations};
 use cheems_kernels::matvec::MatRef;
 use cheems_kernels::pool::Pool;
@@ -30,8 +32,9 @@ const BATCH: usize = 128;
 fn prefill(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul");
     let pools = [Pool::new(1).unwrap(), Pool::new(2).unwrap()];
-    // The types with tile kernels: Q4_0, Q8_0, F16 (the first three of the common list).
-    for ty in TYPES.into_iter().take(3) {
+    // The types with tile kernels: Q4_0, Q8_0, F16 (the first three of the common list), and
+    // BF16 (AMX tiles where the CPU has them, else dequantized tiles and GEMM).
+    for ty in TYPES.into_iter().take(3).chain([GgmlType::BF16]) {
         for (name, rows, cols) in SHAPES {
             let data = matrix(ty, rows, cols, 7);
             let w = MatRef {

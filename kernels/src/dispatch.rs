@@ -14,7 +14,9 @@
 //! (AVX2/FMA/F16C), `neon` (aarch64 baseline), `scalar` (the [`crate::reference`] twins). The
 //! active level is the best supported one, or a lower one named by the environment variable
 //! `CHEEMS_KERNEL_LEVEL` (`scalar`, `avx2`, `avx512`, `neon`), or one set with [`force_level`].
-//! With `CHEEMS_VERBOSE` set, the chosen level is printed to stderr once.
+//! With `CHEEMS_VERBOSE` set, the chosen level is printed to stderr once. On top of `avx512-vnni`,
+//! the F16/BF16 prefill products use AMX-BF16 tiles where the CPU and OS allow it ([`amx`];
+//! `CHEEMS_AMX=0` turns them off).
 //!
 //! Not here: the kernels themselves (the private `x86` and `neon` modules) and the activation
 //! conversion ([`crate::matvec::Activation`]).
@@ -153,9 +155,33 @@ pub fn level() -> Level {
     }
 }
 
-/// The active level's name (`"avx512-vnni"`, `"avx2"`, `"neon"`, `"scalar"`).
+/// The active level's name (`"avx512-vnni"`, `"avx2"`, `"neon"`, `"scalar"`), with `+amx` where
+/// the F16/BF16 prefill products run on AMX tiles ([`amx`]).
 pub fn level_name() -> &'static str {
-    level().name()
+    match level() {
+        Level::Avx512Vnni if amx() => "avx512-vnni+amx",
+        l => l.name(),
+    }
+}
+
+/// Whether this process can run AMX-BF16 tiles: the CPU has AMX-TILE and AMX-BF16 and the
+/// `avx512-vnni` level, the OS granted the tile state, and `CHEEMS_AMX` is not `0` (checked
+/// once). The F16/BF16 prefill products use them when [`amx`] says so.
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Level::Avx512Vnni.is_supported() && crate::x86::amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the F16/BF16 prefill products run on AMX tiles now: [`amx_available`] and the active
+/// level is `avx512-vnni` (a lower level, forced or from `CHEEMS_KERNEL_LEVEL`, turns them off).
+pub fn amx() -> bool {
+    level() == Level::Avx512Vnni && amx_available()
 }
 
 #[cold]
@@ -177,7 +203,12 @@ fn init() -> Level {
             Err(_) => best,
         };
         if std::env::var_os("CHEEMS_VERBOSE").is_some() {
-            eprintln!("cheems-kernels: kernel level {l} (best on this CPU: {best})");
+            let amx = if l == Level::Avx512Vnni && amx_available() {
+                ", F16/BF16 prefill on AMX-BF16 tiles"
+            } else {
+                ""
+            };
+            eprintln!("cheems-kernels: kernel level {l} (best on this CPU: {best}){amx}");
         }
         l
     });

@@ -1,6 +1,9 @@
 //! Batched products for prefill: `Y = X Wᵀ` for a batch of activation rows.
 //!
-//! Three paths, chosen by the caller (`Ctx::matmul` in the root crate):
+//! Four paths, chosen by [`matmul_auto`] (which `Ctx::matmul` in the root crate calls):
+//! - [`matmul_amx`]: F16 and BF16 weights on AMX-BF16 tiles where the CPU has them (Sapphire
+//!   Rapids and later), each product split into two or three bf16 products that keep f32
+//!   accuracy (the private `x86::amx` module explains the split).
 //! - [`matmul`]: integer products with the activations in their partner format. Each task takes
 //!   a range of weight rows; where the level has a tile kernel (Q4_0 and Q8_0 on AVX-512 VNNI),
 //!   it repacks 16 rows at a time and runs every activation over them (`vpdpbusd`, one float
@@ -234,8 +237,93 @@ pub fn matmul_f16_at(
     });
 }
 
+/// Values of `tmp` (f32-sized words) the AMX path needs for `n` activations of `cols` values:
+/// the split bf16 activations, `n` padded to 16 and `cols` to 32.
+pub fn amx_scratch(n: usize, cols: usize) -> usize {
+    n.next_multiple_of(16) * cols.next_multiple_of(32)
+}
+
+/// Whether [`matmul_amx`] takes a batch of `n` rows of `w`: F16 or BF16 weights, AMX tiles
+/// active ([`dispatch::amx`]), a batch of at least [`GEMM_MIN`] and [`amx_scratch`] values of
+/// scratch.
+pub fn use_amx(w: &MatRef<'_>, n: usize, tmp_len: usize) -> bool {
+    matches!(w.ty, GgmlType::F16 | GgmlType::BF16)
+        && n >= GEMM_MIN
+        && tmp_len >= amx_scratch(n, w.cols)
+        && dispatch::amx()
+}
+
+/// `ys[t] = W xs[t]` for F16 or BF16 weights on AMX-BF16 tiles (see the private `x86::amx`
+/// module): the activations split into two bf16 halves and packed into `tmp`
+/// ([`amx_scratch`] values), each task a range of weight rows packed 32 at a time (F16 weights
+/// split exactly into two bf16 halves) and multiplied with every activation. Three bf16
+/// products per F16 weight (two per BF16 weight) accumulate in f32: the split loses less than
+/// `2⁻¹⁵ Σ|w·x|`, on top of the f32 summation's rounding (measured: at most `2.7e-6 Σ|w·x|`
+/// in the tests' shapes). Without AMX ([`dispatch::amx_available`]), or with
+/// mismatched shapes, `ys` is filled with NaN.
+pub fn matmul_amx(w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], tmp: &mut [f32], pool: &Pool) {
+    let (cols, rows) = (w.cols, w.rows);
+    let n = xs.len() / cols.max(1);
+    let rb = w.row_bytes();
+    let shapes_ok = matches!(w.ty, GgmlType::F16 | GgmlType::BF16)
+        && xs.len() == n * cols
+        && ys.len() >= n * rows
+        && tmp.len() >= amx_scratch(n, cols)
+        && rows.checked_mul(rb).is_some_and(|b| b <= w.data.len());
+    if !shapes_ok || !dispatch::amx_available() {
+        ys.fill(f32::NAN);
+        return;
+    }
+    if n == 0 || rows == 0 || cols == 0 {
+        ys[..n * rows].fill(0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::x86::amx;
+        let block = cols.div_ceil(amx::KT) * 2 * amx::TW;
+        let xb: &mut [u32] = bytemuck::cast_slice_mut(&mut tmp[..n.div_ceil(16) * block]);
+        pool.for_chunks_mut(xb, block, &|b, dst| {
+            let nt = (n - 16 * b).min(16);
+            // SAFETY: block `b` holds tokens `16b..16b + nt` of `xs` (`n` rows of `cols`); `dst`
+            // is its `block` words; AMX availability implies the AVX-512 level.
+            unsafe { amx::pack_tokens(xs.as_ptr().add(16 * b * cols), cols, nt, dst) };
+        });
+        let xb = &*xb;
+        let chunk = (rows / (4 * pool.threads()))
+            .clamp(amx::PANEL, 8 * amx::PANEL)
+            .next_multiple_of(amx::PANEL);
+        let dst = Dst(ys.as_mut_ptr());
+        let dst = &dst;
+        let f16 = w.ty == GgmlType::F16;
+        pool.run(rows.div_ceil(chunk), &|c| {
+            let r0 = c * chunk;
+            let nr = chunk.min(rows - r0);
+            let part = &w.data[r0 * rb..(r0 + nr) * rb];
+            // SAFETY: AMX is available (checked above); `part` holds whole rows of `cols`
+            // values of `w.ty`, `xb` the packed blocks of the `n` tokens, and the outputs
+            // `t * rows + r0 + r` lie in `ys` (`ys.len() >= n * rows`), written by this task
+            // only (its rows).
+            unsafe {
+                let out = dst.0.add(r0);
+                if f16 {
+                    amx::mm_rows::<true>(part, rb, cols, xb, n, out, rows);
+                } else {
+                    amx::mm_rows::<false>(part, rb, cols, xb, n, out, rows);
+                }
+            }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (tmp, pool);
+        ys.fill(f32::NAN);
+    }
+}
+
 /// `ys[t] = W xs[t]` for the rows of `xs` (`[n][w.cols]` into `[n][w.rows]`) by the path the
-/// active level has for the weight type: the F16 tile kernel ([`matmul_f16`]), the
+/// active level has for the weight type: AMX tiles for F16 and BF16 where the CPU has them
+/// ([`matmul_amx`]), the F16 tile kernel ([`matmul_f16`]), the
 /// dequantize-and-GEMM path ([`matmul_gemm`]), else [`matmul`] with `acts` converted here.
 /// `tmp` is the scratch of the first two (a path whose scratch does not fit is skipped).
 pub fn matmul_auto(
@@ -247,7 +335,9 @@ pub fn matmul_auto(
     pool: &Pool,
 ) {
     let n = xs.len() / w.cols.max(1);
-    if use_f16_mm(w, n, tmp.len()) {
+    if use_amx(w, n, tmp.len()) {
+        matmul_amx(w, xs, ys, tmp, pool);
+    } else if use_f16_mm(w, n, tmp.len()) {
         matmul_f16(w, xs, ys, tmp, pool);
     } else if use_gemm(w, n, tmp.len(), pool) {
         matmul_gemm(w, xs, ys, tmp, pool);
@@ -505,6 +595,89 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AMX path against an f64 product with the weights as stored (F16, BF16), when this
+    /// machine has AMX-BF16 (else it says so and checks only the NaN contract): row counts off
+    /// the 16-row tiles and 32-row panels, columns off the 32-column tiles (odd too), token
+    /// counts off the 16-token blocks and odd block counts, rows longer than a packed segment
+    /// (1024 columns, the later segments adding to the output). The bound is the one
+    /// [`matmul_amx`] documents, tightened to `1e-5 Σ|w·x|` (bf16 alone would be ~`4e-3`).
+    #[test]
+    fn amx_tiles_match_the_f64_product() {
+        let pool = Pool::new(2).unwrap();
+        if !crate::dispatch::amx_available() {
+            eprintln!(
+                "amx_tiles_match_the_f64_product: AMX-BF16 unavailable (CPU, OS or CHEEMS_AMX=0), \
+                 skipped"
+            );
+            let w = MatRef {
+                ty: GgmlType::F16,
+                rows: 2,
+                cols: 32,
+                data: &[0u8; 128],
+            };
+            let mut ys = vec![0f32; 2 * 8];
+            matmul_amx(&w, &[0.0; 8 * 32], &mut ys, &mut vec![0.0; 16 * 32], &pool);
+            assert!(ys.iter().all(|v| v.is_nan()));
+            return;
+        }
+        let mut worst = 0f64;
+        for (rows, cols, n) in [
+            (13, 64, 8),
+            (70, 256, 17),
+            (33, 1040, 33),
+            (12, 16, 16),
+            (17, 50, 20),
+            (9, 47, 5),
+            (32, 32, 40),
+            (480, 80, 140),
+            (40, 2300, 48),
+            (100, 768, 128),
+        ] {
+            let (xs, wf) = random_inputs((rows * 5 + n) as u64, n * cols, rows * cols);
+            for ty in [GgmlType::F16, GgmlType::BF16] {
+                let data = quantize_rows(ty, &wf, cols);
+                let rb = ty.row_bytes(cols).unwrap();
+                let mut deq = vec![0f32; rows * cols];
+                for (src, dst) in data.chunks_exact(rb).zip(deq.chunks_exact_mut(cols)) {
+                    cheems_formats::blocks::dequantize_row(ty, src, dst).unwrap();
+                }
+                let w = MatRef {
+                    ty,
+                    rows,
+                    cols,
+                    data: &data,
+                };
+                let mut ys = vec![f32::NAN; n * rows];
+                let mut tmp = vec![f32::NAN; amx_scratch(n, cols)];
+                matmul_amx(&w, &xs, &mut ys, &mut tmp, &pool);
+                for t in 0..n {
+                    let x = &xs[t * cols..(t + 1) * cols];
+                    for r in 0..rows {
+                        let wr = &deq[r * cols..(r + 1) * cols];
+                        let want: f64 = x
+                            .iter()
+                            .zip(wr)
+                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                            .sum();
+                        let mag: f64 = x
+                            .iter()
+                            .zip(wr)
+                            .map(|(a, b)| f64::from((a * b).abs()))
+                            .sum();
+                        let got = f64::from(ys[t * rows + r]);
+                        let err = (got - want).abs() / mag.max(1e-30);
+                        worst = worst.max(err);
+                        assert!(
+                            err <= 1e-5,
+                            "{ty} {rows}x{cols} n {n} token {t} row {r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        eprintln!("amx_tiles_match_the_f64_product: worst error {worst:.2e} of Σ|w·x|");
     }
 
     /// The GEMM path against a plain f64 product with the weights dequantized by the scalar

@@ -1,4 +1,5 @@
-//! x86-64 kernels: [`avx2`] (AVX2 + FMA + F16C) and [`avx512`] (AVX-512 F/BW/VL/VNNI).
+//! x86-64 kernels: [`avx2`] (AVX2 + FMA + F16C), [`avx512`] (AVX-512 F/BW/VL/VNNI) and [`amx`]
+//! (AMX-BF16 tiles for the F16/BF16 prefill products, on top of AVX-512).
 //!
 //! The 256-bit integer kernels of every quantized type are written once, in
 //! [`kernels_256!`], and expanded in both modules under each module's `#[target_feature]` set;
@@ -18,6 +19,7 @@
 //! Each `*_n::<R>` kernel dots `R` rows at once (sharing the activation loads) over the blocks
 //! `b0..b1`; the `*_rows` entries run them four (or two) rows at a time, then one.
 
+pub(crate) mod amx;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod quant;
