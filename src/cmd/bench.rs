@@ -427,7 +427,7 @@ const COLUMNS: [(&str, usize); 12] = [
     ("size", 10),
     ("params", 9),
     ("threads", 7),
-    ("level", 8),
+    ("level", 15),
     ("test", 14),
     ("t/s median", 11),
     ("min", 10),
