@@ -449,12 +449,12 @@ mod tests {
     use super::*;
     use cheems_formats::blocks::quantize_row;
 
-    /// Activations (`nx` values) and weights (`nw`) in [-0.5, 0.5) from a seeded LCG.
     /// Σ|x·w|, the scale a product's rounding error is measured against.
     fn abs_dot(x: &[f32], w: &[f32]) -> f32 {
         x.iter().zip(w).map(|(a, b)| (a * b).abs()).sum()
     }
 
+    /// Activations (`nx` values) and weights (`nw`) in [-0.5, 0.5) from a seeded LCG.
     fn random_inputs(seed: u64, nx: usize, nw: usize) -> (Vec<f32>, Vec<f32>) {
         let mut s = seed;
         let mut rnd = || {
@@ -469,6 +469,27 @@ mod tests {
     }
 
     /// The rows of `wf` (`cols` values each) quantized to `ty`.
+    /// The rows of `data` (`ty`, `cols` values each) dequantized by the scalar reference.
+    fn dequantize_rows(ty: GgmlType, data: &[u8], cols: usize) -> Vec<f32> {
+        let rb = ty.row_bytes(cols).unwrap();
+        let mut deq = vec![0f32; data.len() / rb * cols];
+        for (src, dst) in data.chunks_exact(rb).zip(deq.chunks_exact_mut(cols)) {
+            cheems_formats::blocks::dequantize_row(ty, src, dst).unwrap();
+        }
+        deq
+    }
+
+    /// `x · w` in f64 and `Σ|x·w|` (f32 products), the scale of its rounding error.
+    fn dot_f64(x: &[f32], w: &[f32]) -> (f64, f64) {
+        let dot = x
+            .iter()
+            .zip(w)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        let mag = x.iter().zip(w).map(|(a, b)| f64::from((a * b).abs())).sum();
+        (dot, mag)
+    }
+
     fn quantize_rows(ty: GgmlType, wf: &[f32], cols: usize) -> Vec<u8> {
         let rb = ty.row_bytes(cols).unwrap();
         let mut data = vec![0u8; wf.len() / cols * rb];
@@ -638,11 +659,7 @@ mod tests {
             let (xs, wf) = random_inputs((rows * 5 + n) as u64, n * cols, rows * cols);
             for ty in [GgmlType::F16, GgmlType::BF16] {
                 let data = quantize_rows(ty, &wf, cols);
-                let rb = ty.row_bytes(cols).unwrap();
-                let mut deq = vec![0f32; rows * cols];
-                for (src, dst) in data.chunks_exact(rb).zip(deq.chunks_exact_mut(cols)) {
-                    cheems_formats::blocks::dequantize_row(ty, src, dst).unwrap();
-                }
+                let deq = dequantize_rows(ty, &data, cols);
                 let w = MatRef {
                     ty,
                     rows,
@@ -656,16 +673,7 @@ mod tests {
                     let x = &xs[t * cols..(t + 1) * cols];
                     for r in 0..rows {
                         let wr = &deq[r * cols..(r + 1) * cols];
-                        let want: f64 = x
-                            .iter()
-                            .zip(wr)
-                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                            .sum();
-                        let mag: f64 = x
-                            .iter()
-                            .zip(wr)
-                            .map(|(a, b)| f64::from((a * b).abs()))
-                            .sum();
+                        let (want, mag) = dot_f64(x, wr);
                         let got = f64::from(ys[t * rows + r]);
                         let err = (got - want).abs() / mag.max(1e-30);
                         worst = worst.max(err);
@@ -702,11 +710,7 @@ mod tests {
             GgmlType::Q6_K,
         ] {
             let data = quantize_rows(ty, &wf, cols);
-            let rb = ty.row_bytes(cols).unwrap();
-            let mut deq = vec![0f32; rows * cols];
-            for (src, dst) in data.chunks_exact(rb).zip(deq.chunks_exact_mut(cols)) {
-                cheems_formats::blocks::dequantize_row(ty, src, dst).unwrap();
-            }
+            let deq = dequantize_rows(ty, &data, cols);
             let w = MatRef {
                 ty,
                 rows,
@@ -720,16 +724,7 @@ mod tests {
                 for r in 0..rows {
                     let x = &xs[t * cols..(t + 1) * cols];
                     let wr = &deq[r * cols..(r + 1) * cols];
-                    let want: f64 = x
-                        .iter()
-                        .zip(wr)
-                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                        .sum();
-                    let mag: f64 = x
-                        .iter()
-                        .zip(wr)
-                        .map(|(a, b)| f64::from((a * b).abs()))
-                        .sum();
+                    let (want, mag) = dot_f64(x, wr);
                     let got = f64::from(ys[t * rows + r]);
                     assert!(
                         (got - want).abs() <= 1e-5 * mag.max(1.0),
