@@ -165,6 +165,23 @@ fn quantized_logits_stay_close_to_f32() {
 }
 
 /// Writes a copy of a model file with every tensor dequantized to F32 (same metadata).
+/// Fixture `name` stored as `ty`, the same file with every matrix dequantized to F32, and how
+/// many of `n_toks` tokens to compare: all, or for DMA models the keep window (until the first
+/// eviction, where a top-k choice between near-equal scores may flip).
+fn typed_and_dequantized(
+    name: &str,
+    ty: GgmlType,
+    n_toks: usize,
+) -> (tempfile::TempDir, Arc<Model>, Arc<Model>, usize) {
+    let (dir, q) = load(name, ty);
+    let deq_path = dir.path().join("deq.gguf");
+    dequantized_copy(&dir.path().join("m.gguf"), &deq_path);
+    let deq = Arc::new(Model::load(&deq_path).unwrap());
+    let kw = q.config.keep_window;
+    let n = if kw > 0 { kw.min(n_toks) } else { n_toks };
+    (dir, q, deq, n)
+}
+
 fn dequantized_copy(src: &Path, dst: &Path) {
     use cheems_formats::gguf::{GgufFile, GgufWriter, TensorSpec};
     let f = GgufFile::open(src).unwrap();
@@ -205,16 +222,7 @@ fn quantized_kernels_match_their_dequantized_f32_run() {
         let r = reference(name);
         let toks = tokens(&r["tokens"]);
         for (ty, rel) in cases {
-            let (dir, q) = load(name, ty);
-            let deq_path = dir.path().join("deq.gguf");
-            dequantized_copy(&dir.path().join("m.gguf"), &deq_path);
-            let deq = Arc::new(Model::load(&deq_path).unwrap());
-            let kw = q.config.keep_window;
-            let n = if kw > 0 {
-                kw.min(toks.len())
-            } else {
-                toks.len()
-            };
+            let (_dir, q, deq, n) = typed_and_dequantized(name, ty, toks.len());
             let (a, _) = run(&q, &toks[..n]);
             let (b, _) = run(&deq, &toks[..n]);
             let scale = b.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
@@ -246,16 +254,7 @@ fn half_precision_prefill_matches_its_dequantized_f32_prefill() {
         let r = reference(name);
         let toks = tokens(&r["tokens"]);
         for ty in [GgmlType::F16, GgmlType::BF16] {
-            let (dir, q) = load(name, ty);
-            let deq_path = dir.path().join("deq.gguf");
-            dequantized_copy(&dir.path().join("m.gguf"), &deq_path);
-            let deq = Arc::new(Model::load(&deq_path).unwrap());
-            let kw = q.config.keep_window;
-            let n = if kw > 0 {
-                kw.min(toks.len())
-            } else {
-                toks.len()
-            };
+            let (_dir, q, deq, n) = typed_and_dequantized(name, ty, toks.len());
             let prefill = |m: &Arc<Model>| {
                 let mut s = Session::new(
                     m.clone(),
