@@ -271,6 +271,19 @@ struct Ahead {
     chunks: usize,
 }
 
+/// The four tile products of one step, `C[half][block] += A[half] · B[block]`: the
+/// accumulators `tmm0-3` from the weight tiles `tmm4-5` and the token tiles `tmm6-7`.
+macro_rules! products_2x2 {
+    () => {
+        concat!(
+            "tdpbf16ps tmm0, tmm4, tmm6\n",
+            "tdpbf16ps tmm1, tmm4, tmm7\n",
+            "tdpbf16ps tmm2, tmm5, tmm6\n",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+        )
+    };
+}
+
 /// Runs `cs` column tiles: `tmm0-3 += ` the panel's two row halves times the token blocks at
 /// `x0` and `x1` (`C[half][block]` in tile `2·half + block`), prefetching `ahead` on the way
 /// (the tiles run on their own unit, so the next panel's weights arrive meanwhile).
@@ -309,22 +322,13 @@ unsafe fn run_tiles<const SPLIT: bool>(
                     "tileloadd tmm5, [{w} + {s}*1 + 3072]",
                     "tileloadd tmm6, [{a} + {s}*1]",
                     "tileloadd tmm7, [{b} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    products_2x2!(),
                     "tileloadd tmm4, [{w} + {s}*1]",
                     "tileloadd tmm5, [{w} + {s}*1 + 1024]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    products_2x2!(),
                     "tileloadd tmm6, [{a} + {s}*1 + 1024]",
                     "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    products_2x2!(),
                     w = in(reg) w,
                     a = in(reg) a,
                     b = in(reg) b,
@@ -337,16 +341,10 @@ unsafe fn run_tiles<const SPLIT: bool>(
                     "tileloadd tmm5, [{w} + {s}*1 + 1024]",
                     "tileloadd tmm6, [{a} + {s}*1]",
                     "tileloadd tmm7, [{b} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    products_2x2!(),
                     "tileloadd tmm6, [{a} + {s}*1 + 1024]",
                     "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    products_2x2!(),
                     w = in(reg) w,
                     a = in(reg) a,
                     b = in(reg) b,
