@@ -975,6 +975,9 @@ struct Fused {
     smem: usize,
 }
 
+/// Words (8 bytes) of one layer's `SsdLayerArgs` in kernels.cu.
+const LAYER_WORDS: usize = 19;
+
 /// Threads per block of `ssd_decode`.
 const FUSED_BLOCK: usize = 512;
 
@@ -1012,7 +1015,6 @@ fn plan_fused_or_why(
         return Ok(Err("the model has no SSD layers".into()));
     };
     let gpu = &*w.gpu;
-    let mut words: Vec<u64> = Vec::new();
     let mut layers: Vec<u64> = Vec::new();
     for (layer, st) in w.layers.iter().zip(states) {
         let (
@@ -1066,7 +1068,7 @@ fn plan_fused_or_why(
     let smem = 2 * widest * 4
         + widest.next_multiple_of(16)
         + (widest / 32 + 1) * 8
-        + w.layers.len() * 19 * 8;
+        + w.layers.len() * LAYER_WORDS * 8;
     // ssd_item's shared arrays: 2·d_state values of B and C, at most 256 rows of a head.
     if 2 * sc.d_state > 512 || smem > 48 * 1024 || sc.n_heads % sc.n_groups != 0 {
         return Ok(Err(format!(
@@ -1119,8 +1121,7 @@ fn plan_fused_or_why(
     // CHEEMS_CUDA_FUSED_PREFETCH=0: no L2 prefetch of the coming weights (for measurements).
     let prefetch =
         u64::from(std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").map_or(true, |v| v != "0"));
-    let layers_at = 29 * 8;
-    words.extend([
+    let mut words: Vec<u64> = vec![
         0, // the layers' address, set below
         w.layers.len() as u64,
         d as u64,
@@ -1150,8 +1151,9 @@ fn plan_fused_or_why(
         parts as u64,
         times,
         prefetch,
-    ]);
-    debug_assert_eq!(words.len() * 8, layers_at);
+    ];
+    let layers_at = words.len() * 8;
+    debug_assert_eq!(layers.len(), w.layers.len() * LAYER_WORDS);
     words.extend(layers);
     let bytes: Vec<u8> = words.iter().flat_map(|v| v.to_le_bytes()).collect();
     let args = pool.upload(gpu, &bytes)?;
