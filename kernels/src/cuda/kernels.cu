@@ -953,6 +953,21 @@ __device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, in
     int per = (p + parts - 1) / parts;
     int r0 = part * per, r1 = min(p, r0 + per);
     bool writer_bc = (h % hpg == 0) && part == 0;
+    // What does not depend on the conv, loaded first so its latency overlaps the conv's: Δ's
+    // input and the head's scalars, and the state of the warp's first row (n <= 256).
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    int i_first = r0 + (threadIdx.x >> 5);
+    float dt_in = __ldcg(zx + (long long)t * zx_stride + d_inner + cd + h);
+    float dt_b = dt_bias[h], a_h = a[h], d_h = dskip[h];
+    float s_first[8];
+    {
+        const float* st = ssm + ((long long)h * p + i_first) * n;
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            int k = lane + 32 * kk;
+            s_first[kk] = i_first < r1 && k < n ? st[k] : 0.0f;
+        }
+    }
     // B then C of group g: 2n channels.
     for (int k = threadIdx.x; k < 2 * n; k += blockDim.x) {
         int ch = d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n));
@@ -985,21 +1000,24 @@ __device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, in
     }
     __syncthreads();
     if (inv_freq) rope_bc(bc, n, pos, inv_freq);
-    float dt = softplus(__ldcg(zx + (long long)t * zx_stride + d_inner + cd + h) + dt_bias[h]);
-    float da = expf(dt * a[h]);
-    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    for (int i = r0 + (threadIdx.x >> 5); i < r1; i += nw) {
+    float dt = softplus(dt_in + dt_b);
+    float da = expf(dt * a_h);
+    for (int i = i_first; i < r1; i += nw) {
         float xi = xs[i - r0];
         float dtx = dt * xi;
         float* st = ssm + ((long long)h * p + i) * n;
         float acc = 0.0f;
-        for (int k = lane; k < n; k += 32) {
-            float sv = st[k] * da + dtx * bc[k];
-            st[k] = sv;
-            acc += sv * bc[n + k];
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            int k = lane + 32 * kk;
+            if (k < n) {
+                float sv = (i == i_first ? s_first[kk] : st[k]) * da + dtx * bc[k];
+                st[k] = sv;
+                acc += sv * bc[n + k];
+            }
         }
         acc = warp_sum(acc);
-        if (lane == 0) y[(long long)t * d_inner + h * p + i] = acc + dskip[h] * xi;
+        if (lane == 0) y[(long long)t * d_inner + h * p + i] = acc + d_h * xi;
     }
 }
 
@@ -1400,11 +1418,11 @@ __device__ __forceinline__ float rowdot_t(const u8* row, const float* x, const s
     return rowdot_q<T>(row, q, ds, cols / 32, lane);
 }
 
+// old: resid[r], loaded before the row's product.
 __device__ __forceinline__ void put_row(int r, float acc, const float* bias, float* out,
-                                        float* resid, const float* scale) {
+                                        float* resid, const float* scale, float old) {
     float v = acc + (bias ? bias[r] : 0.0f);
     if (resid) {
-        float old = __ldcg(resid + r);
         resid[r] = (scale ? scale[r] * old : old) + v;
     } else {
         out[r] = v;
@@ -1422,13 +1440,19 @@ __device__ void grid_rows_t(const u8* w, long long rb, int rows, int cols, const
     int gw = blockIdx.x * nw + (threadIdx.x >> 5), tw = gridDim.x * nw;
     for (int r = gw; r < rows; r += 2 * tw) {
         int r2 = r + tw;
+        // The residual's old values are loaded first: their latency overlaps the products'.
+        float o0 = 0.0f, o1 = 0.0f;
+        if (resid && lane == 0) {
+            o0 = __ldcg(resid + r);
+            if (r2 < rows) o1 = __ldcg(resid + r2);
+        }
         float a0 = rowdot_t<T>(w + (long long)r * rb, xs, q, ds, cols, lane);
         float a1 = r2 < rows ? rowdot_t<T>(w + (long long)r2 * rb, xs, q, ds, cols, lane) : 0.0f;
         a0 = warp_sum(a0);
         a1 = warp_sum(a1);
         if (lane == 0) {
-            put_row(r, a0, bias, out, resid, scale);
-            if (r2 < rows) put_row(r2, a1, bias, out, resid, scale);
+            put_row(r, a0, bias, out, resid, scale, o0);
+            if (r2 < rows) put_row(r2, a1, bias, out, resid, scale, o1);
         }
     }
 }
