@@ -528,6 +528,27 @@ mod gpu {
                 worst <= tol,
                 "{name}: batch logits differ by {worst:.3e} (tolerance {tol:.3e})"
             );
+            // Two batches (13 tokens, then the rest): the states, conv history and positions
+            // carried from one call to the next (SSD layers: a partial chunk, then a chunk
+            // that starts mid-sequence).
+            let mut s = Session::new_on(model.clone(), &opts(toks.len()), Device::Cuda(0)).unwrap();
+            let mut all = Vec::new();
+            s.prefill_all(&toks[..13], &mut all).unwrap();
+            s.prefill_all(&toks[13..], &mut all).unwrap();
+            let worst = all
+                .iter()
+                .zip(&want.data)
+                .fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+            eprintln!(
+                "fixture {name} on GPU, batches of 13 and {}: max |Δlogit| {:.2e} of the logit scale (bound 1e-3)",
+                toks.len() - 13,
+                worst / scale
+            );
+            assert_eq!(all.len(), want.data.len(), "{name}: logits of every token");
+            assert!(
+                worst <= tol,
+                "{name}: two-batch logits differ by {worst:.3e} (tolerance {tol:.3e})"
+            );
             // Greedy generation, prompt through prefill.
             let prompt = tokens(&r["greedy_prompt"]);
             let want = tokens(&r["greedy"]);

@@ -75,6 +75,8 @@ const KERNELS: &[&str] = &[
     "ssd_fused",
     "ssd_scan",
     "ssd_conv_hist",
+    "ssd_conv_all",
+    "ssd_chunk_scan",
     "gate_norm",
     "moe_route",
     "moe_alpha",
@@ -951,6 +953,8 @@ struct GScratch {
     act_d: DPtr,
     zx: DPtr,
     y: DPtr,
+    /// `[BATCH][conv_dim]`: the conv'd x, B, C of a batch (the chunked scan's input).
+    xbc: DPtr,
     router: DPtr,
     idx: DPtr,
     wt: DPtr,
@@ -1172,6 +1176,9 @@ fn plan_fused_or_why(
     }))
 }
 
+/// The largest d_state of `ssd_chunk_scan` (its `CHUNK_N`).
+const CHUNK_N: usize = 128;
+
 /// Tokens one forward call handles (a [`crate::Session`] prefill feeds chunks of this size).
 pub const BATCH: usize = crate::session::MAX_BATCH;
 
@@ -1190,6 +1197,8 @@ pub struct GpuSession {
     stream: Arc<CudaStream>,
     graph: Option<CudaGraph>,
     use_graph: bool,
+    /// Batches through the chunked SSD scan (`CHEEMS_CUDA_SCAN=seq`: the token-by-token one).
+    chunked_scan: bool,
     /// The one-launch decode step of all-SSD models.
     fused: Option<Fused>,
     /// Host copy of the step buffer.
@@ -1275,6 +1284,7 @@ impl GpuSession {
             act_d: pool.zeros(g, b * widest.div_ceil(32) * 2 * f4)?,
             zx: pool.zeros(g, b * ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
             y: pool.zeros(g, b * ssd.map_or(0, |s| s.d_inner) * f4)?,
+            xbc: pool.zeros(g, b * ssd.map_or(0, |s| s.conv_dim()) * f4)?,
             router: pool.zeros(g, b * 2 * nk * f4)?,
             idx: pool.zeros(g, b * c.n_experts_used * f4)?,
             wt: pool.zeros(g, b * c.n_experts_used * f4)?,
@@ -1296,6 +1306,7 @@ impl GpuSession {
             states,
             graph: None,
             use_graph,
+            chunked_scan: std::env::var("CHEEMS_CUDA_SCAN").map_or(true, |v| v != "seq"),
             fused,
             step: vec![0; 2 * b],
         })
@@ -1842,12 +1853,59 @@ impl GpuSession {
                             s.step,
                         ]
                     };
-                    if n > 1 && sc.d_state <= 256 && sc.d_conv <= 9 {
-                        // A batch: the whole recurrence in one launch, then the conv history.
+                    let cd = sc.conv_dim();
+                    let batched = n > 1 && sc.d_state <= 256 && sc.d_conv <= 9;
+                    if batched && sc.d_state <= CHUNK_N && self.chunked_scan {
+                        // A batch in the chunked matrix form: the conv of every token at once,
+                        // then chunks of 32 tokens per (head, 16 rows) block.
+                        self.launch(
+                            "ssd_conv_all",
+                            (cd.div_ceil(256), n),
+                            256,
+                            &[
+                                s.zx,
+                                i(rows),
+                                *conv,
+                                *conv_w,
+                                *conv_b,
+                                i(cd),
+                                i(di),
+                                i(sc.d_conv),
+                                s.step,
+                                s.xbc,
+                            ],
+                        )?;
+                        self.launch(
+                            "ssd_chunk_scan",
+                            (sc.n_heads, sc.head_dim.div_ceil(16)),
+                            256,
+                            &[
+                                s.xbc,
+                                i(cd),
+                                s.zx,
+                                i(rows),
+                                *rope_inv_freq,
+                                *dt_bias,
+                                *a,
+                                *dskip,
+                                *ssm,
+                                s.y,
+                                i(sc.head_dim),
+                                i(sc.d_state),
+                                i(sc.n_groups),
+                                i(di),
+                                i(n),
+                                s.step,
+                            ],
+                        )?;
+                    } else if batched {
+                        // A batch: the recurrence token by token in one launch.
                         let nw = 8;
                         let grid = (sc.n_heads, sc.head_dim.div_ceil(nw));
                         self.launch("ssd_scan", grid, 32 * nw, &args(n))?;
-                        let cd = sc.conv_dim();
+                    }
+                    if batched {
+                        // Then the conv history.
                         self.launch(
                             "ssd_conv_hist",
                             (cd.div_ceil(256), 1),

@@ -1127,6 +1127,147 @@ extern "C" __global__ void ssd_conv_hist(const float* zx, int zx_stride, float* 
     for (int j = 0; j < w1 && j < 8; j++) hnew[j] = v[j];
 }
 
+// The causal conv and SiLU of every channel of all `ntok` tokens of a batch at once (grid
+// (channel blocks, token)): out[t][ch] for ch < cd, inputs before the batch from conv buffer
+// step[1] & 1 (as ssd_scan). The conv buffer is only read (ssd_conv_hist writes it after).
+extern "C" __global__ void ssd_conv_all(const float* zx, int zx_stride, const float* conv,
+                                        const float* cw, const float* cb, int cd, int d_inner,
+                                        int dconv, const int* step, float* out) {
+    PDL_WAIT();
+    int ch = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (ch >= cd) return;
+    int w1 = dconv - 1;
+    const float* hold = conv + (long long)(step[1] & 1) * cd * w1;
+    const float* in = zx + d_inner;
+    const float* taps = cw + (long long)ch * dconv;
+    float acc = cb ? cb[ch] : 0.0f;
+    for (int j = 0; j <= w1; j++) {
+        int s = t - w1 + j;
+        float u = s >= 0 ? in[(long long)s * zx_stride + ch] : hold[(long long)ch * w1 + (w1 + s)];
+        acc += taps[j] * u;
+    }
+    out[(long long)t * cd + ch] = silu(acc);
+}
+
+// The SSD recurrence of a batch in its chunked matrix form (the CPU's ssd::chunked, Mamba-2's
+// SSD): blocks (head h, CHUNK_P of its rows), chunks of CHUNK_Q tokens in order, the state
+// S (rows × n) in shared memory between chunks. With a the cumulative sum of Δ·A over the chunk
+// (inclusive) and X the conv'd inputs (xbc, from ssd_conv_all; B and C rotated here when
+// inv_freq is set), for t in the chunk:
+//   y_t = Σ_{s<=t} (C_t·B_s) e^{a_t - a_s} Δ_s x_s + e^{a_t} C_t·S + D x_t,
+//   S  <- e^{a_last} S + Σ_s e^{a_last - a_s} Δ_s x_s B_sᵀ.
+// Needs d_state <= CHUNK_N.
+#define CHUNK_Q 32
+#define CHUNK_P 16
+#define CHUNK_N 128
+extern "C" __global__ void ssd_chunk_scan(const float* xbc, int cd, const float* zx,
+                                          int zx_stride, const float* inv_freq,
+                                          const float* dt_bias, const float* a,
+                                          const float* dskip, float* ssm, float* y, int p, int n,
+                                          int n_groups, int d_inner, int ntok, const int* step) {
+    PDL_WAIT();
+    const int NP = CHUNK_N + 1;  // padded rows: lanes reading one column of different rows
+    __shared__ float Bs[CHUNK_Q * NP];
+    __shared__ float Cs[CHUNK_Q * NP];
+    __shared__ float S[CHUNK_P * NP];
+    __shared__ float G[CHUNK_Q * (CHUNK_Q + 1)];
+    __shared__ float X[CHUNK_Q * CHUNK_P];
+    __shared__ float dts[CHUNK_Q], acs[CHUNK_Q], wend[CHUNK_Q];
+    int h = blockIdx.x, nh = gridDim.x;
+    int g = h / (nh / n_groups);
+    int r0 = blockIdx.y * CHUNK_P, rp = min(CHUNK_P, p - r0);
+    int tid = threadIdx.x, nt = blockDim.x;
+    float ah = a[h], dtb = dt_bias[h], dh = dskip[h];
+    for (int e = tid; e < rp * n; e += nt) {
+        int i = e / n, k = e % n;
+        S[i * NP + k] = ssm[((long long)h * p + r0 + i) * n + k];
+    }
+    int half = n / 2;
+    for (int c0 = 0; c0 < ntok; c0 += CHUNK_Q) {
+        int q = min(CHUNK_Q, ntok - c0);
+        __syncthreads();  // the previous chunk's readers of Bs, Cs, X, G are done
+        for (int e = tid; e < q * n; e += nt) {
+            int t = e / n, k = e % n;
+            const float* row = xbc + (long long)(c0 + t) * cd + d_inner;
+            Bs[t * NP + k] = row[g * n + k];
+            Cs[t * NP + k] = row[n_groups * n + g * n + k];
+        }
+        for (int e = tid; e < q * rp; e += nt) {
+            int t = e / rp, i = e % rp;
+            X[t * CHUNK_P + i] = xbc[(long long)(c0 + t) * cd + h * p + r0 + i];
+        }
+        if (tid < 32) {
+            // Δ, the inclusive cumulative sum of Δ·A over the chunk (one warp scan), and each
+            // token's weight in the state at the chunk's end, e^{a_last - a_s} Δ_s.
+            float dt = 0.0f;
+            if (tid < q) dt = softplus(zx[(long long)(c0 + tid) * zx_stride + d_inner + cd + h] + dtb);
+            float v = dt * ah;
+            for (int o = 1; o < 32; o <<= 1) {
+                float u = __shfl_up_sync(0xffffffff, v, o);
+                if (tid >= o) v += u;
+            }
+            float last = __shfl_sync(0xffffffff, v, q - 1);
+            dts[tid] = dt;
+            acs[tid] = v;
+            wend[tid] = tid < q ? expf(last - v) * dt : 0.0f;
+        }
+        __syncthreads();
+        if (inv_freq) {
+            int pos0 = step[1] + c0;
+            for (int e = tid; e < 2 * q * half; e += nt) {
+                int which = e / (q * half), r = e % (q * half);
+                int t = r / half, i = r % half;
+                float* vec = (which ? Cs : Bs) + t * NP;
+                float sn, cs;
+                sincosf((float)(pos0 + t) * inv_freq[i], &sn, &cs);
+                float x0 = vec[i], x1 = vec[i + half];
+                vec[i] = x0 * cs - x1 * sn;
+                vec[i + half] = x0 * sn + x1 * cs;
+            }
+            __syncthreads();
+        }
+        // G[t][s] = (C_t·B_s) e^{a_t - a_s} Δ_s for s <= t.
+        for (int e = tid; e < q * q; e += nt) {
+            int t = e / q, s = e % q;
+            float v = 0.0f;
+            if (s <= t) {
+                const float* ct = Cs + t * NP;
+                const float* bs = Bs + s * NP;
+                for (int k = 0; k < n; k++) v += ct[k] * bs[k];
+                v *= expf(acs[t] - acs[s]) * dts[s];
+            }
+            G[t * (CHUNK_Q + 1) + s] = v;
+        }
+        __syncthreads();
+        // y of the chunk's tokens and the block's rows (the state before the chunk).
+        for (int e = tid; e < q * rp; e += nt) {
+            int t = e / rp, i = e % rp;
+            float v = 0.0f;
+            for (int s = 0; s <= t; s++) v += G[t * (CHUNK_Q + 1) + s] * X[s * CHUNK_P + i];
+            const float* ct = Cs + t * NP;
+            const float* si = S + i * NP;
+            float cs = 0.0f;
+            for (int k = 0; k < n; k++) cs += ct[k] * si[k];
+            float xi = X[t * CHUNK_P + i];
+            y[(long long)(c0 + t) * d_inner + h * p + r0 + i] = v + expf(acs[t]) * cs + dh * xi;
+        }
+        __syncthreads();
+        // The state after the chunk.
+        float last = acs[q - 1];
+        for (int e = tid; e < rp * n; e += nt) {
+            int i = e / n, k = e % n;
+            float v = 0.0f;
+            for (int s = 0; s < q; s++) v += wend[s] * X[s * CHUNK_P + i] * Bs[s * NP + k];
+            S[i * NP + k] = expf(last) * S[i * NP + k] + v;
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < rp * n; e += nt) {
+        int i = e / n, k = e % n;
+        ssm[((long long)h * p + r0 + i) * n + k] = S[i * NP + k];
+    }
+}
+
 // y = RMSNorm_groups(y ⊙ silu(z)) in place; one block per (group, token) (grid.x, grid.y).
 // With q8, the result's int8 blocks too (group size a multiple of 32).
 extern "C" __global__ void gate_norm(float* y, const float* zx, int zx_stride, const float* w,
