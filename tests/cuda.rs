@@ -736,7 +736,12 @@ mod gpu {
                     }
                     assert!(dma_layers > 0, "{shape}: no DMA layer");
                 }
-                eprintln!("dma batches {shape} {ty} ({chunks:?}): GPU vs CPU logits {worst:.2e} (bound {bound:.0e}); states: the same slots and positions, keys/values/scores {worst_state:.2e} (bound 1e-4)");
+                let states = if ty == GgmlType::F32 {
+                    format!("; states: the same slots and positions, keys/values/scores {worst_state:.2e} (bound 1e-4)")
+                } else {
+                    String::new()
+                };
+                eprintln!("dma batches {shape} {ty} ({chunks:?}): GPU vs CPU logits {worst:.2e} (bound {bound:.0e}){states}");
             }
         }
     }
