@@ -903,9 +903,9 @@ __device__ __forceinline__ unsigned long long dma_key(float s, int p) {
 // the new lens[g]. dma_commit then stores the tokens that stay, after the attention has read the
 // old entries. Positions of the batch follow the cache's (the session position only grows).
 // Dynamic shared memory: dma_plan_smem bytes (src/cuda/mod.rs), up to 1024 threads.
-extern "C" __global__ void dma_plan(const float* bsc, const float* score, const int* pos,
-                                    int* lens, int kw, int n_kv, int n, const int* step,
-                                    int* olen, int* vend, int* bend, int* bslot) {
+extern "C" __global__ void __launch_bounds__(1024)
+    dma_plan(const float* bsc, const float* score, const int* pos, int* lens, int kw, int n_kv,
+             int n, const int* step, int* olen, int* vend, int* bend, int* bslot) {
     PDL_WAIT();
     extern __shared__ unsigned long long dma_sh[];
     int g = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
