@@ -666,6 +666,107 @@ mod gpu {
         }
     }
 
+    /// A prompt batch goes through a DMA layer in a few launches (`dma_plan` decides the
+    /// sequential inserts at once). The tiny synth DMA models (keep window 8) at F32 fed in
+    /// batches of several sizes over several calls (5 tokens: not full; 64: fills up and evicts;
+    /// then more, with single tokens between) give the CPU's logits for every token, and after
+    /// each call the downloaded state is the CPU's after the same tokens: the same lengths, slots
+    /// and positions, keys, values and scores within float tolerance. At Q8_0 (the attention
+    /// output quantized for the next product) two batches until the first eviction: past it, a
+    /// quantized file's CPU and GPU runs drift apart by eviction and routing flips whatever the
+    /// batching (see every_type_matches_the_cpu_on_the_fixture_models).
+    #[test]
+    fn dma_batches_match_the_cpu() {
+        use cheems::snapshot::LayerState;
+        if ops_or_skip("dma batches").is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for shape in ["tiny-doge-moe", "tiny-cheems"] {
+            for (ty, bound) in [(GgmlType::F32, 1e-3), (GgmlType::Q8_0, 1e-2)] {
+                let p = dir.path().join(format!("{shape}-{ty}.gguf"));
+                cheems::synth::synth(shape, ty, &p, 1).unwrap();
+                let model = Arc::new(Model::load(&p).unwrap());
+                let bound = moe_bound(&model, ty, bound);
+                let kw = model.config.keep_window;
+                let chunks = if ty == GgmlType::F32 {
+                    assert!(
+                        kw > 5 && kw < 5 + 64,
+                        "{shape}: the second batch must evict"
+                    );
+                    vec![5, 64, 30, 1, 128, 2, 3, 7]
+                } else {
+                    vec![3, kw - 3]
+                };
+                let total: usize = chunks.iter().sum();
+                let mut rng = Rng(33);
+                let toks: Vec<u32> = (0..total)
+                    .map(|_| ((rng.f() + 1.0) * 0.5 * (model.config.n_vocab - 1) as f32) as u32)
+                    .collect();
+                let mut g = Session::new_on(model.clone(), &opts(total), Device::Cuda(0)).unwrap();
+                let mut c = Session::new(model.clone(), &opts(total)).unwrap();
+                let (mut at, mut worst, mut worst_state) = (0, 0f64, 0f64);
+                for &n in &chunks {
+                    let chunk = &toks[at..at + n];
+                    at += n;
+                    let (mut ga, mut ca) = (Vec::new(), Vec::new());
+                    g.prefill_all(chunk, &mut ga).unwrap();
+                    c.prefill_all(chunk, &mut ca).unwrap();
+                    let e = rel(&ga, &ca);
+                    assert!(
+                        e <= bound,
+                        "{shape} {ty}: a batch of {n} to position {at}: {e:.3e} (bound {bound:.0e})"
+                    );
+                    worst = worst.max(e);
+                    if ty != GgmlType::F32 {
+                        continue;
+                    }
+                    let (gs, cs) = (g.snapshot(), c.snapshot());
+                    assert_eq!(gs.pos, cs.pos);
+                    let mut dma_layers = 0;
+                    for (l, (a, b)) in gs.layers.iter().zip(&cs.layers).enumerate() {
+                        let (LayerState::Dma(a), LayerState::Dma(b)) = (a, b) else {
+                            continue;
+                        };
+                        dma_layers += 1;
+                        let hd = b.head_dim();
+                        assert_eq!(a.len, b.len, "{shape} layer {l} at {at}: entries held");
+                        let (mut ka, mut kb) = (Vec::new(), Vec::new());
+                        let (mut sa, mut sb) = (Vec::new(), Vec::new());
+                        for (h, &len) in b.len.iter().enumerate() {
+                            let slots = h * kw..h * kw + len;
+                            assert_eq!(
+                                a.pos[slots.clone()],
+                                b.pos[slots.clone()],
+                                "{shape} layer {l} head {h} at {at}: positions by slot"
+                            );
+                            let rows = slots.start * hd..slots.end * hd;
+                            ka.extend_from_slice(&a.k[rows.clone()]);
+                            ka.extend_from_slice(&a.v[rows.clone()]);
+                            kb.extend_from_slice(&b.k[rows.clone()]);
+                            kb.extend_from_slice(&b.v[rows]);
+                            sa.extend_from_slice(&a.score[slots.clone()]);
+                            sb.extend_from_slice(&b.score[slots]);
+                        }
+                        let e = rel(&ka, &kb).max(rel(&sa, &sb));
+                        assert!(
+                            e <= 1e-4,
+                            "{shape} layer {l} at {at}: keys, values, scores {e:.3e} (bound 1e-4)"
+                        );
+                        worst_state = worst_state.max(e);
+                    }
+                    assert!(dma_layers > 0, "{shape}: no DMA layer");
+                }
+                let states = if ty == GgmlType::F32 {
+                    format!("; states: the same slots and positions, keys/values/scores {worst_state:.2e} (bound 1e-4)")
+                } else {
+                    String::new()
+                };
+                eprintln!("dma batches {shape} {ty} ({chunks:?}): GPU vs CPU logits {worst:.2e} (bound {bound:.0e}){states}");
+            }
+        }
+    }
+
     /// Snapshots taken on the GPU restore on the GPU and on the CPU (and back), and the next
     /// logits agree.
     #[test]

@@ -10,8 +10,15 @@
 //! split over parts of the cache and combined, the DMA score and bounded cache, the SSD conv and
 //! step (one kernel per token), CDMoE routing (router scores never leave the device) and the expert
 //! gather. Products of up to three matrices with one input are one launch and read each weight
-//! row once per 8 tokens. A call runs up to [`BATCH`] tokens; attention, DMA inserts and SSD steps
-//! go token by token inside it.
+//! row once per 8 tokens. A call runs up to [`BATCH`] tokens: causal attention over the KV cache
+//! is one launch pair for all of them, the SSD recurrence one launch (`ssd_scan`), and a DMA layer
+//! five (`GpuSession::dma_batch`): a key's score does not depend on the query, so after each
+//! insert the bounded cache holds exactly the `keep_window` best keys offered so far (score, then
+//! the newer); each cache entry and each token of the batch is therefore present during an
+//! interval of the batch, which one kernel per KV head (`dma_plan`) computes together with the
+//! slots the sequential inserts would give; the attention of all queries masks the keys outside
+//! their intervals, and the tokens that stay are stored afterwards. Single tokens (decode) insert
+//! and attend as before (`dma_insert`).
 //!
 //! A decode step is a fixed sequence of launches that read the token and position from a small
 //! device buffer, so it is captured once as a CUDA graph and replayed: per token the host copies
@@ -72,6 +79,10 @@ const KERNELS: &[&str] = &[
     "attn_part",
     "attn_combine",
     "dma_insert",
+    "dma_scores",
+    "dma_plan",
+    "dma_attn",
+    "dma_commit",
     "ssd_fused",
     "ssd_scan",
     "ssd_conv_hist",
@@ -961,6 +972,22 @@ struct GScratch {
     alpha: DPtr,
     logits: DPtr,
     trace: DPtr,
+    /// A DMA batch (`dma_plan`): scores `[BATCH][n_kv]`, entries held before it `[n_kv]`, when
+    /// each cache slot's entry leaves `[n_kv][keep_window]`, and when each token leaves and its
+    /// slot `[n_kv][BATCH]` (i32).
+    dma_sc: DPtr,
+    dma_olen: DPtr,
+    dma_vend: DPtr,
+    dma_bend: DPtr,
+    dma_bslot: DPtr,
+}
+
+/// Dynamic shared memory of `dma_plan` (its layout in kernels.cu) for a keep window, or `None`
+/// when it does not fit the default 48 KiB: such models insert and attend token by token.
+fn dma_plan_smem(keep_window: usize) -> Option<usize> {
+    let n2 = keep_window.max(1).next_power_of_two();
+    let bytes = n2 * (8 + 2) + BATCH * (8 + 4 * 4);
+    (BATCH <= SPAN && bytes <= 48 * 1024).then_some(bytes)
 }
 
 /// The persistent decode kernel of a model whose layers are all SSD mixers without a
@@ -1203,6 +1230,8 @@ pub struct GpuSession {
     fused: Option<Fused>,
     /// Host copy of the step buffer.
     step: Vec<i32>,
+    /// `dma_plan`'s shared memory; `None`: DMA layers run a batch token by token.
+    dma_smem: Option<usize>,
 }
 
 impl std::fmt::Debug for GpuSession {
@@ -1238,6 +1267,11 @@ impl GpuSession {
             .max()
             .unwrap_or(c.d_model);
         let max_keys = ctx.max(c.keep_window).max(1);
+        // Split attention's parts: a DMA batch takes the cache's and one more for its own keys.
+        let kw = c.keep_window;
+        let parts = max_keys
+            .div_ceil(SPAN)
+            .max(if kw > 0 { kw.div_ceil(SPAN) + 1 } else { 0 });
         let nk = c.n_keys();
         let states = model
             .layers
@@ -1277,9 +1311,9 @@ impl GpuSession {
             v: pool.zeros(g, b * kvd * f4)?,
             att_out: pool.zeros(g, b * qd * f4)?,
             att: pool.zeros(g, b * c.n_heads * max_keys * f4)?,
-            part_m: pool.zeros(g, b * c.n_heads * max_keys.div_ceil(SPAN) * f4)?,
-            part_l: pool.zeros(g, b * c.n_heads * max_keys.div_ceil(SPAN) * f4)?,
-            part_o: pool.zeros(g, b * c.n_heads * max_keys.div_ceil(SPAN) * c.head_dim * f4)?,
+            part_m: pool.zeros(g, b * c.n_heads * parts * f4)?,
+            part_l: pool.zeros(g, b * c.n_heads * parts * f4)?,
+            part_o: pool.zeros(g, b * c.n_heads * parts * c.head_dim * f4)?,
             act_q: pool.zeros(g, b * widest.div_ceil(32) * 32)?,
             act_d: pool.zeros(g, b * widest.div_ceil(32) * 2 * f4)?,
             zx: pool.zeros(g, b * ssd.map_or(0, |s| s.in_proj_rows()) * f4)?,
@@ -1291,6 +1325,11 @@ impl GpuSession {
             alpha: pool.zeros(g, b * c.n_experts_used * f4)?,
             logits: pool.zeros(g, b * c.n_vocab * f4)?,
             trace: pool.zeros(g, (c.n_layers + 1) * c.d_model * f4)?,
+            dma_sc: pool.zeros(g, b * c.n_kv_heads * f4)?,
+            dma_olen: pool.zeros(g, c.n_kv_heads * f4)?,
+            dma_vend: pool.zeros(g, c.n_kv_heads * kw * f4)?,
+            dma_bend: pool.zeros(g, c.n_kv_heads * b * f4)?,
+            dma_bslot: pool.zeros(g, c.n_kv_heads * b * f4)?,
         };
         gpu.stream.synchronize()?;
         let fused = plan_fused(&w, &c, &states, &s, &mut pool)?;
@@ -1309,6 +1348,7 @@ impl GpuSession {
             chunked_scan: std::env::var("CHEEMS_CUDA_SCAN").map_or(true, |v| v != "seq"),
             fused,
             step: vec![0; 2 * b],
+            dma_smem: dma_plan_smem(kw),
         })
     }
 
@@ -1676,6 +1716,135 @@ impl GpuSession {
         launch_attention(&self.w.gpu, &self.stream, &args)
     }
 
+    /// A DMA layer for a batch of `n` tokens (their Q, K, V in the scratch after norm and RoPE)
+    /// in five launches with the sequential inserts' results (see `dma_plan` in kernels.cu): the
+    /// scores of every token, the plan (when each cache entry and token is in the cache, the
+    /// tokens' slots, the new lengths), the attention of every query over the entries present at
+    /// its time, and the commit of the tokens that stay (after the attention read the old
+    /// entries). `cache`: the layer's keys, values, scores, positions and lengths.
+    fn dma_batch(
+        &self,
+        n: usize,
+        (dt, dt_bias, a): (&GMat, DPtr, DPtr),
+        cache: [DPtr; 5],
+        smem: usize,
+        quantize: bool,
+    ) -> Result<()> {
+        let c = &self.config;
+        let s = &self.s;
+        let gpu = &self.w.gpu;
+        let [kc, vc, score, pos, len] = cache;
+        let (kw, hd, n_kv) = (c.keep_window, c.head_dim, c.n_kv_heads);
+        self.launch(
+            "dma_scores",
+            (n_kv, n),
+            256,
+            &[
+                s.v,
+                i(dt.ty as usize),
+                dt.ptr,
+                dt.row_bytes as u64,
+                dt_bias,
+                a,
+                i(n_kv),
+                i(hd),
+                s.dma_sc,
+            ],
+        )?;
+        gpu.launch_ex(
+            &self.stream,
+            "dma_plan",
+            (n_kv, 1, 1),
+            1024,
+            (smem, false),
+            &[
+                s.dma_sc,
+                score,
+                pos,
+                len,
+                i(kw),
+                i(n_kv),
+                i(n),
+                s.step,
+                s.dma_olen,
+                s.dma_vend,
+                s.dma_bend,
+                s.dma_bslot,
+            ],
+        )?;
+        let n_parts = kw.div_ceil(SPAN) + 1;
+        gpu.launch3(
+            &self.stream,
+            "dma_attn",
+            (c.n_heads, n, n_parts),
+            256,
+            &[
+                s.q,
+                kc,
+                vc,
+                score,
+                s.k,
+                s.v,
+                s.dma_sc,
+                s.dma_olen,
+                s.dma_vend,
+                s.dma_bend,
+                i(c.n_heads / n_kv),
+                i(hd),
+                i(n_kv),
+                i(kw),
+                f(1.0 / (hd as f32).sqrt()),
+                i(SPAN),
+                i(n_parts),
+                s.part_m,
+                s.part_l,
+                s.part_o,
+            ],
+        )?;
+        let (q8, d8) = if quantize && hd.is_multiple_of(32) {
+            (s.act_q, s.act_d)
+        } else {
+            (0, 0)
+        };
+        self.launch(
+            "attn_combine",
+            (c.n_heads, n),
+            128,
+            &[
+                s.part_m,
+                s.part_l,
+                s.part_o,
+                i(n_parts),
+                i(hd),
+                s.att_out,
+                0,
+                q8,
+                d8,
+            ],
+        )?;
+        self.launch(
+            "dma_commit",
+            (n_kv, n),
+            128,
+            &[
+                s.k,
+                s.v,
+                s.dma_sc,
+                s.dma_bend,
+                s.dma_bslot,
+                kc,
+                vc,
+                score,
+                pos,
+                i(kw),
+                i(hd),
+                i(n_kv),
+                i(n),
+                s.step,
+            ],
+        )
+    }
+
     /// Every launch of the forward pass of the `n` tokens in the step buffer (a fixed sequence
     /// for a given `n`: the decode graph is the one for `n = 1`). With `every`, the logits of
     /// every token, else of the last one (at row 0 of `logits`).
@@ -1770,41 +1939,46 @@ impl GpuSession {
                     self.products(s.xb, n, &qkv, false)?;
                     self.qk_rope(n, (*q_norm, *k_norm), (0, 0))?;
                     let kw = c.keep_window;
-                    for t in 0..n {
-                        self.launch(
-                            "dma_insert",
-                            (c.n_kv_heads, 1),
-                            256,
-                            &[
-                                s.k,
-                                s.v,
-                                i(dt.ty as usize),
-                                dt.ptr,
-                                dt.row_bytes as u64,
-                                *dt_bias,
-                                *a,
+                    if let Some(smem) = self.dma_smem.filter(|_| n > 1) {
+                        let cache = [*k, *v, *score, *pos, *len];
+                        self.dma_batch(n, (dt, *dt_bias, *a), cache, smem, p.o.quantized())?;
+                    } else {
+                        for t in 0..n {
+                            self.launch(
+                                "dma_insert",
+                                (c.n_kv_heads, 1),
+                                256,
+                                &[
+                                    s.k,
+                                    s.v,
+                                    i(dt.ty as usize),
+                                    dt.ptr,
+                                    dt.row_bytes as u64,
+                                    *dt_bias,
+                                    *a,
+                                    *k,
+                                    *v,
+                                    *score,
+                                    *pos,
+                                    *len,
+                                    i(kw),
+                                    i(hd),
+                                    i(c.n_kv_heads),
+                                    i(t),
+                                    s.step,
+                                ],
+                            )?;
+                            self.attend(
+                                t,
+                                1,
                                 *k,
                                 *v,
-                                *score,
-                                *pos,
+                                (kw * hd, hd),
                                 *len,
-                                i(kw),
-                                i(hd),
-                                i(c.n_kv_heads),
-                                i(t),
-                                s.step,
-                            ],
-                        )?;
-                        self.attend(
-                            t,
-                            1,
-                            *k,
-                            *v,
-                            (kw * hd, hd),
-                            *len,
-                            (*score, kw),
-                            p.o.quantized(),
-                        )?;
+                                (*score, kw),
+                                p.o.quantized(),
+                            )?;
+                        }
                     }
                     let quantized_here = p.o.quantized() && !hd.is_multiple_of(32);
                     self.products(s.att_out, n, &[(&p.o, s.xb2, p.o_bias)], quantized_here)?;

@@ -791,6 +791,19 @@ extern "C" __global__ void attn_combine(const float* pm, const float* pl, const 
 // drops a newcomer that scores below every entry (blocks/dma.rs, DmaCache::insert).
 // The score projection (row g of dt_w, of type dt_ty) is applied here to all KV heads' values
 // of token t.
+// The DMA score of KV head g for token t's values (all KV heads', kvd of them): the block's
+// threads split the dt row, so a block of the same size gives the same bits in dma_insert and
+// dma_scores.
+__device__ float dma_score(const float* v, int dt_ty, const u8* dt_w, long long dt_rb,
+                           const float* dt_bias, const float* a, int kvd, int g, int t) {
+    const u8* wrow = dt_w + (long long)g * dt_rb;
+    float d = 0.0f;
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x)
+        d += dq(dt_ty, wrow, j) * v[(long long)t * kvd + j];
+    d = block_sum(d) + (dt_bias ? dt_bias[g] : 0.0f);
+    return expf(a[g] * softplus(d));
+}
+
 extern "C" __global__ void dma_insert(const float* k, const float* v, int dt_ty, const u8* dt_w,
                                       long long dt_rb, const float* dt_bias, const float* a,
                                       float* kc, float* vc, float* score, int* pos, int* lens,
@@ -798,12 +811,7 @@ extern "C" __global__ void dma_insert(const float* k, const float* v, int dt_ty,
     PDL_WAIT();
     int g = blockIdx.x;
     int kvd = n_kv * hd;
-    const u8* wrow = dt_w + (long long)g * dt_rb;
-    float d = 0.0f;
-    for (int j = threadIdx.x; j < kvd; j += blockDim.x)
-        d += dq(dt_ty, wrow, j) * v[(long long)t * kvd + j];
-    d = block_sum(d) + (dt_bias ? dt_bias[g] : 0.0f);
-    float sc = expf(a[g] * softplus(d));
+    float sc = dma_score(v, dt_ty, dt_w, dt_rb, dt_bias, a, kvd, g, t);
     __shared__ int slot;
     __shared__ float bs[1024];
     __shared__ int bi[1024];
@@ -852,6 +860,266 @@ extern "C" __global__ void dma_insert(const float* k, const float* v, int dt_ty,
         s[sl] = sc;
         ps[sl] = step[1] + t;
         if (len < kw) lens[g] = len + 1;
+    }
+}
+
+// ---- DMA over a batch ---------------------------------------------------------------------------
+// A batch of n tokens (positions step[1]..) goes through a DMA layer in five launches instead of
+// n inserts and n attentions: dma_scores, dma_plan, dma_attn + attn_combine, dma_commit. The
+// score of a key depends on its own values only, so the greedy evict-min cache holds, after each
+// insert, exactly the keep_window (kw) best keys offered so far under the order (score, then
+// position: the newer wins ties; blocks/dma.rs). Query t of the batch therefore sees a key x iff
+// x was offered by t and fewer than kw keys offered by t rank above it: each key is present during
+// an interval of the batch, which dma_plan computes, and the attention masks the keys outside it.
+
+// Scores of every batch token for every KV head: bsc[t·n_kv + g], block (g, t) of 256 threads
+// (the size dma_insert runs with, so the same bits).
+extern "C" __global__ void dma_scores(const float* v, int dt_ty, const u8* dt_w, long long dt_rb,
+                                      const float* dt_bias, const float* a, int n_kv, int hd,
+                                      float* bsc) {
+    PDL_WAIT();
+    int g = blockIdx.x, t = blockIdx.y;
+    float sc = dma_score(v, dt_ty, dt_w, dt_rb, dt_bias, a, n_kv * hd, g, t);
+    if (threadIdx.x == 0) bsc[(long long)t * n_kv + g] = sc;
+}
+
+// The sort key of an entry: its score in f32::total_cmp order, then its position.
+__device__ __forceinline__ unsigned long long dma_key(float s, int p) {
+    unsigned b = __float_as_uint(s);
+    b ^= (b >> 31) ? 0xffffffffu : 0x80000000u;
+    return ((unsigned long long)b << 32) | (unsigned)p;
+}
+
+// The sequential inserts of n batch tokens into KV head g's cache (= blockIdx.x), decided at once
+// (dma_insert: evict the lowest score, ties the oldest, drop a newcomer below every entry). With
+// L entries before the batch, at most n inserts can only evict the min(L, n) lowest entries
+// (entries leave in increasing order), so only those and the n batch tokens are candidates. For a
+// candidate x offered at time t_x (-1 for a cache entry), above(x, t) counts the keys offered by
+// batch time t (the cache's and tokens 0..=t) that rank above it; x is in the cache at t ≥ t_x iff
+// above(x, t) < kw, and leaves at the first t where it reaches kw (a token that does at its own
+// t is dropped). A token that enters a full cache takes the slot of the one key leaving at its
+// time. Writes: olen[g] = L; vend[g][slot] = the first batch time the entry is gone (n: it stays,
+// 0: empty slot); bend[g][t], the same for token t (t: dropped); bslot[g][t], token t's slot; and
+// the new lens[g]. dma_commit then stores the tokens that stay, after the attention has read the
+// old entries. Positions of the batch follow the cache's (the session position only grows).
+// Dynamic shared memory: dma_plan_smem bytes (src/cuda/mod.rs), up to 1024 threads.
+extern "C" __global__ void __launch_bounds__(1024)
+    dma_plan(const float* bsc, const float* score, const int* pos, int* lens, int kw, int n_kv,
+             int n, const int* step, int* olen, int* vend, int* bend, int* bslot) {
+    PDL_WAIT();
+    extern __shared__ unsigned long long dma_sh[];
+    int g = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+    int L = lens[g];
+    int p0 = step[1];
+    int N2 = 1;
+    while (N2 < L) N2 <<= 1;
+    unsigned long long* skey = dma_sh;  // [N2] the cache's keys, sorted
+    unsigned long long* bkey = skey + N2;  // [n]
+    int* bev = (int*)(bkey + n);  // [n] when token t leaves
+    int* oev = bev + n;  // [n] when the sorted entry r < min(L, n) leaves
+    int* slot = oev + n;  // [n]
+    int* evby = slot + n;  // [n] the candidate leaving at time t
+    unsigned short* sslot = (unsigned short*)(evby + n);  // [N2] slots of skey
+    const float* s = score + (long long)g * kw;
+    const int* ps = pos + (long long)g * kw;
+    for (int i = tid; i < N2; i += bd) {
+        skey[i] = i < L ? dma_key(s[i], ps[i]) : ~0ull;
+        sslot[i] = i < L ? (unsigned short)i : 0xffff;
+    }
+    for (int u = tid; u < n; u += bd) {
+        bkey[u] = dma_key(bsc[(long long)u * n_kv + g], p0 + u);
+        bev[u] = n;
+        evby[u] = -1;
+    }
+    __syncthreads();
+    int P = min(L, n);
+    if (L + n > kw) {
+        // Bitonic sort of (key, slot), ascending.
+        for (int k = 2; k <= N2; k <<= 1) {
+            for (int j = k >> 1; j > 0; j >>= 1) {
+                for (int p = tid; p < N2 / 2; p += bd) {
+                    int i = (p / j) * 2 * j + (p % j), ij = i + j;
+                    bool up = (i & k) == 0;
+                    unsigned long long a0 = skey[i], a1 = skey[ij];
+                    bool gt = a0 > a1 || (a0 == a1 && sslot[i] > sslot[ij]);
+                    if (gt == up) {
+                        skey[i] = a1;
+                        skey[ij] = a0;
+                        unsigned short t0 = sslot[i];
+                        sslot[i] = sslot[ij];
+                        sslot[ij] = t0;
+                    }
+                }
+                __syncthreads();
+            }
+        }
+        for (int c = tid; c < P + n; c += bd) {
+            bool orig = c < P;
+            int u = orig ? -1 : c - P;
+            unsigned long long key = orig ? skey[c] : bkey[u];
+            int above;
+            if (orig) {
+                above = L - 1 - c;
+            } else {
+                // Entries at or below the token (a newer key wins ties).
+                int lo = 0, hi = L;
+                while (lo < hi) {
+                    int mid = (lo + hi) >> 1;
+                    if (skey[mid] <= key) lo = mid + 1;
+                    else hi = mid;
+                }
+                above = L - lo;
+            }
+            int ev = n;
+            for (int t = 0; t < n; t++) {
+                if (t != u && (orig ? bkey[t] >= key : bkey[t] > key)) above++;
+                if (t >= u && above >= kw) {
+                    ev = t;
+                    break;
+                }
+            }
+            if (orig) oev[c] = ev;
+            else bev[u] = ev;
+            if (ev < n && ev != u) evby[ev] = c;
+        }
+        __syncthreads();
+    }
+    if (tid == 0) {
+        for (int t = 0; t < n; t++) {
+            if (L + t < kw) {
+                slot[t] = L + t;
+            } else if (bev[t] == t) {
+                slot[t] = -1;
+            } else {
+                int y = evby[t];
+                slot[t] = y < 0 ? -1 : y < P ? (int)sslot[y] : slot[y - P];
+            }
+        }
+    }
+    for (int i = tid; i < kw; i += bd) vend[(long long)g * kw + i] = i < L ? n : 0;
+    __syncthreads();
+    if (L + n > kw)
+        for (int r = tid; r < P; r += bd)
+            if (oev[r] < n) vend[(long long)g * kw + sslot[r]] = oev[r];
+    for (int u = tid; u < n; u += bd) {
+        bend[(long long)g * n + u] = bev[u];
+        bslot[(long long)g * n + u] = slot[u];
+    }
+    if (tid == 0) {
+        olen[g] = L;
+        lens[g] = min(kw, L + n);
+    }
+}
+
+// Attention of the batch's query head h of token t (block (h, t, part)) over its KV head g's
+// cache as dma_plan left it visible: parts 0..n_parts-2 take cache slots [part·span, ..) below
+// olen[g], slot j seen while t < vend[g·kw + j]; the last part takes the batch's keys u ≤ t
+// (k, v: [n][n_kv·hd] after norm and RoPE), seen while t < bend[g·n + u]. Each key's DMA score
+// (the cache's, or bsc for the batch) is added to its logit. Writes attn_part's parts for
+// attn_combine.
+extern "C" __global__ void dma_attn(const float* q, const float* kc, const float* vc,
+                                    const float* score, const float* k, const float* v,
+                                    const float* bsc, const int* olen, const int* vend,
+                                    const int* bend, int group, int hd, int n_kv, int kw,
+                                    float scale, int span, int n_parts, float* pm, float* pl,
+                                    float* po) {
+    PDL_WAIT();
+    int h = blockIdx.x, t = blockIdx.y, part = blockIdx.z, nh = gridDim.x, n = gridDim.y;
+    int g = h / group;
+    long long kvd = (long long)n_kv * hd;
+    bool cache = part < n_parts - 1;
+    int j0 = cache ? part * span : 0;
+    int j1 = cache ? min(olen[g], j0 + span) : t + 1;
+    const float* kb = cache ? kc + (long long)g * kw * hd : k + (long long)g * hd;
+    const float* vb = cache ? vc + (long long)g * kw * hd : v + (long long)g * hd;
+    long long rs = cache ? hd : kvd;
+    const float* bias = cache ? score + (long long)g * kw : bsc + g;
+    int bs = cache ? 1 : n_kv;
+    const int* end = cache ? vend + (long long)g * kw : bend + (long long)g * n;
+    long long pi = ((long long)t * nh + h) * n_parts + part;
+    __shared__ float qs[256];
+    __shared__ float a[256];
+    __shared__ float part_o[1024];
+    if (j0 >= j1) {
+        if (threadIdx.x == 0) {
+            pm[pi] = -INFINITY;
+            pl[pi] = 0.0f;
+        }
+        return;
+    }
+    const float* qh = q + ((long long)t * nh + h) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qh[i];
+    __syncthreads();
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float mx = -INFINITY;
+    for (int j = j0 + w; j < j1; j += nw) {
+        float sj = -INFINITY;
+        if (t < end[j]) {
+            const float* kj = kb + (long long)j * rs;
+            float d = 0.0f;
+            for (int i = lane; i < hd; i += 32) d += qs[i] * kj[i];
+            sj = warp_sum(d) * scale + bias[(long long)j * bs];
+        }
+        if (lane == 0) a[j - j0] = sj;
+        mx = fmaxf(mx, sj);
+    }
+    mx = block_max(mx);
+    if (mx == -INFINITY) {
+        if (threadIdx.x == 0) {
+            pm[pi] = -INFINITY;
+            pl[pi] = 0.0f;
+        }
+        return;
+    }
+    float sum = 0.0f;
+    for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+        float e = expf(a[j - j0] - mx);
+        a[j - j0] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);
+    int slices = blockDim.x / hd;
+    if (slices < 1) slices = 1;
+    int sl = threadIdx.x / hd, i = threadIdx.x % hd;
+    float acc = 0.0f;
+    if (sl < slices)
+        for (int j = j0 + sl; j < j1; j += slices) {
+            float e = a[j - j0];
+            if (e != 0.0f) acc += e * vb[(long long)j * rs + i];
+        }
+    if (sl < slices) part_o[sl * hd + i] = acc;
+    __syncthreads();
+    if (threadIdx.x < hd) {
+        float o = 0.0f;
+        for (int s2 = 0; s2 < slices; s2++) o += part_o[s2 * hd + threadIdx.x];
+        po[pi * hd + threadIdx.x] = o;
+    }
+    if (threadIdx.x == 0) {
+        pm[pi] = mx;
+        pl[pi] = sum;
+    }
+}
+
+// Stores batch token t's key, value, score and position (block (g, t)) in the slot dma_plan gave
+// it, if it is still in the cache at the end of the batch (bend = n).
+extern "C" __global__ void dma_commit(const float* k, const float* v, const float* bsc,
+                                      const int* bend, const int* bslot, float* kc, float* vc,
+                                      float* score, int* pos, int kw, int hd, int n_kv, int n,
+                                      const int* step) {
+    PDL_WAIT();
+    int g = blockIdx.x, t = blockIdx.y;
+    if (bend[(long long)g * n + t] != n) return;
+    int sl = bslot[(long long)g * n + t];
+    if (sl < 0) return;
+    long long kvd = (long long)n_kv * hd;
+    long long at = ((long long)g * kw + sl) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        kc[at + i] = k[t * kvd + g * hd + i];
+        vc[at + i] = v[t * kvd + g * hd + i];
+    }
+    if (threadIdx.x == 0) {
+        score[(long long)g * kw + sl] = bsc[(long long)t * n_kv + g];
+        pos[(long long)g * kw + sl] = step[1] + t;
     }
 }
 
