@@ -11,7 +11,8 @@
 //! step (one kernel per token), CDMoE routing (router scores never leave the device) and the expert
 //! gather. Products of up to three matrices with one input are one launch and read each weight
 //! row once per 8 tokens. A call runs up to [`BATCH`] tokens: causal attention over the KV cache
-//! is one launch pair for all of them, the SSD recurrence one launch (`ssd_scan`), and a DMA layer
+//! is one launch pair for all of them, the SSD recurrence two (the conv of every token,
+//! `ssd_conv_all`, then the chunked matrix form, `ssd_chunk_scan`), and a DMA layer
 //! five (`GpuSession::dma_batch`): a key's score does not depend on the query, so after each
 //! insert the bounded cache holds exactly the `keep_window` best keys offered so far (score, then
 //! the newer); each cache entry and each token of the batch is therefore present during an
