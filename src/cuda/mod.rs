@@ -10,10 +10,10 @@
 //! split over parts of the cache and combined, the DMA score and bounded cache, the SSD conv and
 //! step (one kernel per token), CDMoE routing (router scores never leave the device) and the expert
 //! gather. Products of up to three matrices with one input are one launch. Batches of at least
-//! [`MMA_MIN`] tokens run on the tensor cores on sm_80+ (`mma.sync` in inline PTX: int8
+//! [`MMA_MIN`] tokens (F16/BF16: twice that) run on the tensor cores on sm_80+ (`mma.sync` in inline PTX: int8
 //! m16n8k32 against the int8 activation blocks for the quantized types, with the integer sums of
 //! the dp4a kernels; tf32 m16n8k8 for F16/BF16 with the activation split into tf32 hi + lo),
-//! tiles of 64 rows × 64 tokens staged in shared memory, so a block reads its weight tile once
+//! tiles of 64 rows × 32 tokens staged in shared memory, so a block reads its weight tile once
 //! for all its tokens; decode, smaller batches, F32 and older GPUs read each weight row once per
 //! 8 tokens on the CUDA cores (dp4a, f32 FMA). A call runs up to [`BATCH`] tokens; attention, DMA
 //! inserts and SSD steps go token by token inside it.
@@ -472,12 +472,14 @@ fn any_quantized(ws: &[&GMat]) -> bool {
 /// Token columns one `mmvq3`/`mvf3` launch handles (the kernels' NC).
 const COLS: usize = 8;
 
-/// Products of at least this many tokens run on the tensor cores where the GPU has them (the
-/// default of `CHEEMS_CUDA_MMA_MIN`).
+/// Quantized products of at least this many tokens run on the tensor cores where the GPU has
+/// them, F16/BF16 ones from twice as many (the default of `CHEEMS_CUDA_MMA_MIN`). Measured on an
+/// H200 (`product_timings`): the int8 tiles win from 4-6 tokens on 2304x768 Q8_0/Q4_0/Q4_K and
+/// from about 20 on 768x2048 (fewer, longer tiles); the tf32 ones from 11 and about 64.
 pub const MMA_MIN: usize = 16;
 
 /// Rows and tokens of one tensor-core tile (the kernels' MQ_BM, MQ_BN).
-const MMA_TILE: (usize, usize) = (64, 64);
+const MMA_TILE: (usize, usize) = (64, 32);
 
 /// The tensor-core product kernel of a device matrix type (F32 has none: it keeps `mvf3_f32`).
 fn mma_kernel(ty: GgmlType) -> Option<&'static str> {
@@ -500,8 +502,9 @@ fn mma_kernel(ty: GgmlType) -> Option<&'static str> {
 /// output, bias) and `n` activation rows `x` (`[n][cols]`). Quantized matrices read the int8
 /// blocks in `act` (`[q | d]`), which are made from `x` first when `quantize` is set (else they
 /// must hold `x` already; `d` holds two floats per block, see the kernels). Batches of at least
-/// the GPU's `mma_min` tokens run on the tensor cores (tiles of 64 rows × 64 tokens); smaller
-/// ones, and F32, read the weights once per 8 tokens on the CUDA cores.
+/// the GPU's `mma_min` tokens run on the tensor cores (tiles of 64 rows × 32 tokens); smaller
+/// ones (F16/BF16: below twice `mma_min`), and F32, read the weights once per 8 tokens on the CUDA
+/// cores.
 fn launch_products(
     gpu: &Gpu,
     stream: &CudaStream,
@@ -574,6 +577,11 @@ fn launch_products_at(
             &[x, act.0, act.1, i(n * cols)],
         )?;
     }
+    let mma_min = if w0.quantized() {
+        mma_min
+    } else {
+        mma_min.saturating_mul(2)
+    };
     if let Some(name) = mma_kernel(w0.ty).filter(|_| n >= mma_min) {
         let grid = (rows.div_ceil(MMA_TILE.0), n.div_ceil(MMA_TILE.1));
         let (y, r, b) = ([m0.1, m1.1, m2.1], [m0.3, m1.3, m2.3], [m0.2, m1.2, m2.2]);

@@ -570,9 +570,10 @@ MVF3(mvf3_bf16, T_BF16)
 // Q5_K) add m · s per block as vdot does. Only the f32 summation order differs from mmvq3.
 // F16/BF16: tf32 mma.m16n8k8 with the activation split x = hi + lo (both tf32; F16 and BF16
 // weights are exact in tf32), two products per step and f32 accumulation. Eight warps: warp w
-// covers rows 16·(w & 3) and tokens 32·(w >> 2) of the tile; n-tiles past the batch are skipped.
+// covers rows 16·(w & 3) and every token of the tile (n-tiles past the batch are skipped) for
+// the even (w < 4) or odd steps of each stage; the two halves are summed at the end.
 #define MQ_BM 64
-#define MQ_BN 64
+#define MQ_BN 32
 #define MQ_KB 8                  // blocks of 32 values per stage
 #define MQ_LD (MQ_KB * 8 + 4)    // 32-bit words per staged row: 256 bytes (F16/BF16: 64 floats),
                                  // and 16 of padding (conflict-free fragment loads)
@@ -693,6 +694,22 @@ __device__ __forceinline__ void mq_unpack(const u8* row, int b, u32* v, float* d
     }
 }
 
+// Sums the two warps of a row group (w and w + 4: even and odd steps) into warp w's acc, through
+// shared memory buf (at least 4 · 32 · 16 floats, free when called); true for the warps that
+// hold the sums.
+__device__ __forceinline__ bool mq_reduce(float (*acc)[4], float* buf) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float* p = buf + ((warp & 3) * 32 + lane) * 16;
+    if (warp >= 4)
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) p[4 * j + e] = acc[j][e];
+    __syncthreads();
+    if (warp >= 4) return false;
+    for (int j = 0; j < 4; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] += p[4 * j + e];
+    return true;
+}
+
 // Writes a tile's results: acc[j] holds rows (g, g + 8) × tokens (2t, 2t + 1) of n-tile j.
 // (tokens from tok0, those below n stored).
 __device__ __forceinline__ void mq_store(const Three& m, float (*acc)[4], int row0, int tok0,
@@ -727,7 +744,7 @@ __device__ void mmq3(const Three& m, long long row_bytes, const signed char* q, 
     int nc = min(MQ_BN, n - tok0);
     q += (long long)tok0 * nb * 32;
     ds += (long long)tok0 * nb * 2;
-    // This thread stages block lb of weight rows and tokens lr and lr + 32.
+    // This thread stages block lb of weight rows lr and lr + 32 and of token lr.
     int lr = tid >> 3, lb = tid & 7;
     const u8* wrow[2];
     for (int h = 0; h < 2; h++) {
@@ -750,7 +767,7 @@ __device__ void mmq3(const Three& m, long long row_bytes, const signed char* q, 
             int tok = lr + 32 * h;
             x[h][0] = x[h][1] = make_uint4(0, 0, 0, 0);
             dd[h] = make_float2(0.0f, 0.0f);
-            if (tok < nc && b < nb) {
+            if (tok < MQ_BN && tok < nc && b < nb) {
                 const uint4* src = (const uint4*)(q + ((long long)tok * nb + b) * 32);
                 x[h][0] = src[0];
                 x[h][1] = src[1];
@@ -766,6 +783,7 @@ __device__ void mmq3(const Three& m, long long row_bytes, const signed char* q, 
             swm[rr][lb] = mo[h];
             ssc[rr][lb][0] = (signed char)sc[h][0];
             ssc[rr][lb][1] = (signed char)sc[h][1];
+            if (rr >= MQ_BN) continue;
             uint4* adst = (uint4*)(sa + rr * MQ_LD + lb * 8);
             adst[0] = x[h][0];
             adst[1] = x[h][1];
@@ -774,8 +792,8 @@ __device__ void mmq3(const Three& m, long long row_bytes, const signed char* q, 
         }
         __syncthreads();
         int kbn = min(MQ_KB, nb - kb0);
-        if (wn * 32 < nc) {
-            for (int kb = 0; kb < kbn; kb++) {
+        {
+            for (int kb = wn; kb < kbn; kb += 2) {
                 int ra = wm * 16 + g;
                 const u32* pa = sw + ra * MQ_LD + kb * 8 + t;
                 u32 a0 = pa[0], a1 = pa[8 * MQ_LD], a2 = pa[4], a3 = pa[8 * MQ_LD + 4];
@@ -783,7 +801,7 @@ __device__ void mmq3(const Three& m, long long row_bytes, const signed char* q, 
                 float m0 = offs ? swm[ra][kb] : 0.0f, m1 = offs ? swm[ra + 8][kb] : 0.0f;
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    int nt = wn * 32 + 8 * j;
+                    int nt = 8 * j;
                     if (nt >= nc) break;
                     const u32* pb = sa + (nt + g) * MQ_LD + kb * 8 + t;
                     int c[4] = {0, 0, 0, 0};
@@ -818,7 +836,7 @@ __device__ void mmq3(const Three& m, long long row_bytes, const signed char* q, 
         }
         __syncthreads();
     }
-    if (wn * 32 < nc) mq_store(m, acc, row0 + wm * 16, tok0 + wn * 32, n);
+    if (mq_reduce(acc, (float*)sw)) mq_store(m, acc, row0 + wm * 16, tok0, n);
 }
 
 #define MMQ3(name, T)                                                                          \
@@ -852,12 +870,12 @@ __device__ void mmf3(const Three& m, long long row_bytes, const float* x, int co
     int row0 = blockIdx.x * MQ_BM, tok0 = blockIdx.y * MQ_BN;
     int nc = min(MQ_BN, n - tok0);
     x += (long long)tok0 * cols;
-    // This thread stages values 16·(tid & 3).. of weight row and token tid >> 2.
+    // This thread stages values 16·(tid & 3).. of weight row tid >> 2 (and of that token).
     int lr = tid >> 2, lc = (tid & 3) * 16, k, r;
     bool rok = pick(m, row0 + lr, &k, &r);
     const u8* wrow = rok ? m.w[k] + (long long)r * row_bytes : 0;
     const float* xr = x + (long long)lr * cols;
-    bool xok = lr < nc, vec = (cols & 7) == 0;
+    bool xok = lr < MQ_BN && lr < nc, vec = (cols & 7) == 0;
     float acc[4][4];
     for (int j = 0; j < 4; j++)
         for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
@@ -885,24 +903,25 @@ __device__ void mmf3(const Three& m, long long row_bytes, const float* x, int co
             for (int e = 0; e < 16; e++) xv[e] = xok && c0 + e < cols ? xr[c0 + e] : 0.0f;
         }
         float4* dw = (float4*)(sw + lr * MQ_LD + lc);
-        float4* dx = (float4*)(sx + lr * MQ_LD + lc);
+        float4* dx = (float4*)(sx + (lr & (MQ_BN - 1)) * MQ_LD + lc);
         for (int e = 0; e < 4; e++) {
             dw[e] = make_float4(wv[4 * e], wv[4 * e + 1], wv[4 * e + 2], wv[4 * e + 3]);
-            dx[e] = make_float4(xv[4 * e], xv[4 * e + 1], xv[4 * e + 2], xv[4 * e + 3]);
+            if (lr < MQ_BN)
+                dx[e] = make_float4(xv[4 * e], xv[4 * e + 1], xv[4 * e + 2], xv[4 * e + 3]);
         }
         __syncthreads();
-        if (wn * 32 < nc) {
+        {
             float part[4][4];
             for (int j = 0; j < 4; j++)
                 for (int e = 0; e < 4; e++) part[j][e] = 0.0f;
             int ks_n = min(8, (cols - k0 + 7) / 8);
-            for (int ks = 0; ks < ks_n; ks++) {
+            for (int ks = wn; ks < ks_n; ks += 2) {
                 const float* pa = sw + (wm * 16 + g) * MQ_LD + ks * 8 + t;
                 u32 a0 = __float_as_uint(pa[0]), a1 = __float_as_uint(pa[8 * MQ_LD]);
                 u32 a2 = __float_as_uint(pa[4]), a3 = __float_as_uint(pa[8 * MQ_LD + 4]);
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    int nt = wn * 32 + 8 * j;
+                    int nt = 8 * j;
                     if (nt >= nc) break;
                     const float* pb = sx + (nt + g) * MQ_LD + ks * 8 + t;
                     float x0 = pb[0], x1 = pb[4];
@@ -917,7 +936,7 @@ __device__ void mmf3(const Three& m, long long row_bytes, const float* x, int co
         }
         __syncthreads();
     }
-    if (wn * 32 < nc) mq_store(m, acc, row0 + wm * 16, tok0 + wn * 32, n);
+    if (mq_reduce(acc, (float*)sw)) mq_store(m, acc, row0 + wm * 16, tok0, n);
 }
 
 #define MMF3(name, T)                                                                          \
