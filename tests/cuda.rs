@@ -153,6 +153,72 @@ mod gpu {
         }
     }
 
+    /// (type, bound vs the CPU kernel, bound vs f64 on the dequantized weights) of each product.
+    fn product_cases() -> [(GgmlType, f64, f64); 11] {
+        use GgmlType::*;
+        [
+            (F32, 1e-5, 1e-5),
+            (F16, 1e-5, 1e-5),
+            (BF16, 1e-5, 1e-5),
+            (Q8_0, 1e-4, 2e-2),
+            (Q4_0, 1e-4, 2e-2),
+            (Q4_1, 1e-4, 2e-2),
+            (Q5_0, 1e-4, 2e-2),
+            (Q5_1, 1e-4, 2e-2),
+            // The CPU uses Q8_K activations (blocks of 256), the GPU q8_1 blocks of 32.
+            (Q4_K, 3e-2, 2e-2),
+            (Q5_K, 3e-2, 2e-2),
+            (Q6_K, 3e-2, 2e-2),
+        ]
+    }
+
+    /// K-quants against f64 with the GPU's own int8 activation blocks (ggml's Q8_0 quants of x,
+    /// whose CPU quantizer is checked bit-exact against ggml's elsewhere): only summation order
+    /// remains, and for Q4_K/Q5_K the min term, which multiplies the block's activation sum
+    /// rounded to f16 as ggml's q8_1 holds it.
+    fn same_act_bound(ty: GgmlType) -> Option<f64> {
+        use GgmlType::*;
+        match ty {
+            Q6_K => Some(1e-5),
+            Q4_K | Q5_K => Some(1e-3),
+            _ => None,
+        }
+    }
+
+    /// `[n][rows]` f64 products of dequantized weights `deq` (`[rows][cols]`) with the rows of
+    /// `x` (each through `act` first, when given: the int8 activation blocks), plus `bias`.
+    fn f64_products(
+        deq: &[f32],
+        cols: usize,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: impl Fn(&[f32]) -> Vec<f32>,
+    ) -> Vec<f32> {
+        let rows = deq.len() / cols;
+        let mut out = Vec::with_capacity(x.len() / cols * rows);
+        for xt in x.chunks_exact(cols) {
+            let xt = act(xt);
+            for r in 0..rows {
+                let dot = deq[r * cols..(r + 1) * cols]
+                    .iter()
+                    .zip(&xt)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum::<f64>();
+                out.push((dot + bias.map_or(0.0, |b| f64::from(b[r]))) as f32);
+            }
+        }
+        out
+    }
+
+    /// x through ggml's Q8_0 quants and back (the GPU's int8 activation blocks).
+    fn q8_roundtrip(x: &[f32]) -> Vec<f32> {
+        let mut qb = vec![0u8; GgmlType::Q8_0.row_bytes(x.len()).unwrap()];
+        let mut xq = vec![0f32; x.len()];
+        cheems_formats::blocks::quantize_row(GgmlType::Q8_0, x, &mut qb).unwrap();
+        cheems_formats::blocks::dequantize_row(GgmlType::Q8_0, &qb, &mut xq).unwrap();
+        xq
+    }
+
     #[test]
     fn kernels_compile_with_nvrtc() {
         // SAFETY: probes for the shared library with dlopen.
@@ -174,33 +240,9 @@ mod gpu {
             return;
         };
         use GgmlType::*;
-        // (type, bound vs the CPU kernel, bound vs f64 on the dequantized weights)
-        let cases = [
-            (F32, 1e-5, 1e-5),
-            (F16, 1e-5, 1e-5),
-            (BF16, 1e-5, 1e-5),
-            (Q8_0, 1e-4, 2e-2),
-            (Q4_0, 1e-4, 2e-2),
-            (Q4_1, 1e-4, 2e-2),
-            (Q5_0, 1e-4, 2e-2),
-            (Q5_1, 1e-4, 2e-2),
-            // The CPU uses Q8_K activations (blocks of 256), the GPU q8_1 blocks of 32.
-            (Q4_K, 3e-2, 2e-2),
-            (Q5_K, 3e-2, 2e-2),
-            (Q6_K, 3e-2, 2e-2),
-        ];
-        // K-quants against f64 with the GPU's own int8 activation blocks (ggml's Q8_0 quants of
-        // x, whose CPU quantizer is checked bit-exact against ggml's elsewhere): only summation
-        // order remains, and for Q4_K/Q5_K the min term, which multiplies the block's activation
-        // sum rounded to f16 as ggml's q8_1 holds it.
-        let same_act_bound = |ty: GgmlType| match ty {
-            Q6_K => Some(1e-5),
-            Q4_K | Q5_K => Some(1e-3),
-            _ => None,
-        };
         let pool = Pool::new(2).unwrap();
         let mut rng = Rng(11);
-        for (ty, vs_cpu, vs_ref) in cases {
+        for (ty, vs_cpu, vs_ref) in product_cases() {
             let bs = ty.block_size().max(if ty.is_quantized() { 32 } else { 1 });
             let mut shapes = vec![(1, 256), (7, 512), (33, 768), (300, 2048), (1000, 1024)];
             if bs == 32 {
@@ -275,6 +317,137 @@ mod gpu {
             }
             eprintln!("product {ty}: max error {worst_cpu:.2e} vs CPU (bound {vs_cpu:.0e}), {worst_ref:.2e} vs f64 (bound {vs_ref:.0e}){}",
                 same_act_bound(ty).map_or(String::new(), |b| format!(", {worst_same:.2e} vs f64 with the same int8 activations (bound {b:.0e})")));
+        }
+    }
+
+    /// Batches on the tensor cores (where the GPU has them: compute capability 8.0+) and on the
+    /// CUDA cores, for every type: 1 to 3 matrices in one launch, rows that are not whole tiles,
+    /// widths that are not whole stages, with and without biases, 9 to 130 tokens; against the
+    /// same references and bounds as the single products.
+    #[test]
+    fn batched_products_match_the_cpu_for_every_type() {
+        let Some(ops) = ops_or_skip("batched products") else {
+            return;
+        };
+        eprintln!(
+            "batched products: tensor cores {} (from {} tokens)",
+            if ops.tensor_cores() { "on" } else { "off" },
+            cheems::cuda::MMA_MIN
+        );
+        let pool = Pool::new(2).unwrap();
+        let mut rng = Rng(23);
+        for (ty, vs_cpu, vs_ref) in product_cases() {
+            let bs = ty.block_size().max(if ty.is_quantized() { 32 } else { 1 });
+            // (rows of each matrix, width in blocks of bs or 32 values, tokens, biases)
+            let unit = bs.max(32);
+            let mut cases: Vec<(Vec<usize>, usize, usize, bool)> = vec![
+                (vec![100], 2 * unit, 9, false),
+                (vec![300, 64, 64], 3 * unit, 33, true),
+                (vec![1000, 1000], 1024.max(unit), 64, true),
+                (vec![70], 2048, 128, false),
+                (vec![130, 7, 1], unit, 130, true),
+            ];
+            if bs == 32 {
+                cases.push((vec![65], 96, 17, true));
+            }
+            if bs == 1 {
+                cases.extend([
+                    (vec![17, 5], 33, 20, true),
+                    (vec![40], 100, 64, false),
+                    (vec![3], 1, 12, true),
+                ]);
+            }
+            let (mut worst_cpu, mut worst_ref, mut worst_same) = (0f64, 0f64, 0f64);
+            for (rows, cols, n, with_bias) in cases {
+                let x = rng.vec(n * cols, 1.0);
+                let mut mats = Vec::new();
+                for &r in &rows {
+                    let wf = rng.vec(r * cols, 0.05);
+                    let mut data = vec![0u8; ty.row_bytes(cols).unwrap() * r];
+                    cheems_formats::blocks::quantize_row(ty, &wf, &mut data).unwrap();
+                    let mut deq = vec![0f32; r * cols];
+                    cheems_formats::blocks::dequantize_row(ty, &data, &mut deq).unwrap();
+                    let bias = with_bias.then(|| rng.vec(r, 0.5));
+                    mats.push((r, data, deq, bias));
+                }
+                let ws: Vec<_> = mats
+                    .iter()
+                    .map(|(r, data, _, bias)| {
+                        let w = MatRef {
+                            ty,
+                            rows: *r,
+                            cols,
+                            data,
+                        };
+                        (w, bias.as_deref())
+                    })
+                    .collect();
+                for (path, mma_min) in [("tensor cores", 1), ("CUDA cores", usize::MAX)] {
+                    let gpu = ops.products(&ws, &x, mma_min).unwrap();
+                    for (m, ((r, _, deq, bias), y)) in mats.iter().zip(&gpu).enumerate() {
+                        let what = format!("{ty} {path}: matrix {m} of {rows:?}x{cols}, {n} tokens, bias {with_bias}");
+                        let mut act = Activation::with_capacity(cols);
+                        let mut cpu = vec![0f32; n * r];
+                        for (xt, yt) in x.chunks_exact(cols).zip(cpu.chunks_exact_mut(*r)) {
+                            act.quantize_for(ty, xt);
+                            matvec(&ws[m].0, &act, xt, yt, &pool);
+                            if let Some(b) = bias {
+                                yt.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                            }
+                        }
+                        let reference =
+                            f64_products(deq, cols, &x, bias.as_deref(), |v| v.to_vec());
+                        if let Some(bound) = same_act_bound(ty) {
+                            let same = f64_products(deq, cols, &x, bias.as_deref(), q8_roundtrip);
+                            let e = rel(y, &same);
+                            assert!(e <= bound, "{what}: {e:.2e} vs f64 with the same int8 activations (max {bound:.0e})");
+                            worst_same = worst_same.max(e);
+                        }
+                        let (ec, er) = (rel(y, &cpu), rel(y, &reference));
+                        assert!(
+                            ec <= vs_cpu && er <= vs_ref,
+                            "{what}: {ec:.2e} vs CPU (max {vs_cpu:.0e}), {er:.2e} vs f64 (max {vs_ref:.0e})"
+                        );
+                        worst_cpu = worst_cpu.max(ec);
+                        worst_ref = worst_ref.max(er);
+                    }
+                }
+            }
+            eprintln!("batched product {ty}: max error {worst_cpu:.2e} vs CPU (bound {vs_cpu:.0e}), {worst_ref:.2e} vs f64 (bound {vs_ref:.0e}){}",
+                same_act_bound(ty).map_or(String::new(), |b| format!(", {worst_same:.2e} vs f64 with the same int8 activations (bound {b:.0e})")));
+        }
+    }
+
+    /// Times one product launch on the tensor cores and on the CUDA cores for batch sizes around
+    /// the threshold (`--ignored`; prints, checks nothing but that both run).
+    #[test]
+    #[ignore = "timing, run by hand on a GPU"]
+    fn product_timings() {
+        let Some(ops) = ops_or_skip("product timings") else {
+            return;
+        };
+        use GgmlType::*;
+        let mut rng = Rng(5);
+        for (rows, cols) in [(2304, 768), (768, 2048)] {
+            for ty in [F16, Q8_0, Q4_0, Q4_K] {
+                let wf = rng.vec(rows * cols, 0.05);
+                let mut data = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
+                cheems_formats::blocks::quantize_row(ty, &wf, &mut data).unwrap();
+                let w = MatRef {
+                    ty,
+                    rows,
+                    cols,
+                    data: &data,
+                };
+                let mut line = format!("timing {ty} {rows}x{cols} µs (cuda cores / tensor cores):");
+                for n in [2, 4, 6, 8, 12, 16, 32, 64, 128] {
+                    let x = rng.vec(n * cols, 1.0);
+                    let old = ops.time_product(&w, &x, usize::MAX, 200).unwrap();
+                    let new = ops.time_product(&w, &x, 1, 200).unwrap();
+                    line += &format!(" n{n} {:.1}/{:.1}", old * 1e6, new * 1e6);
+                }
+                eprintln!("{line}");
+            }
         }
     }
 

@@ -9,17 +9,22 @@
 //! the int8 quantization after it), RoPE (with DMA's per-head norm and the KV append), attention
 //! split over parts of the cache and combined, the DMA score and bounded cache, the SSD conv and
 //! step (one kernel per token), CDMoE routing (router scores never leave the device) and the expert
-//! gather. Products of up to three matrices with one input are one launch and read each weight
-//! row once per 8 tokens. A call runs up to [`BATCH`] tokens: causal attention over the KV cache
-//! is one launch pair for all of them, the SSD recurrence two (the conv of every token,
-//! `ssd_conv_all`, then the chunked matrix form, `ssd_chunk_scan`), and a DMA layer
-//! five (`GpuSession::dma_batch`): a key's score does not depend on the query, so after each
-//! insert the bounded cache holds exactly the `keep_window` best keys offered so far (score, then
-//! the newer); each cache entry and each token of the batch is therefore present during an
-//! interval of the batch, which one kernel per KV head (`dma_plan`) computes together with the
-//! slots the sequential inserts would give; the attention of all queries masks the keys outside
-//! their intervals, and the tokens that stay are stored afterwards. Single tokens (decode) insert
-//! and attend as before (`dma_insert`).
+//! gather. Products of up to three matrices with one input are one launch. Batches of at least
+//! [`MMA_MIN`] tokens (F16/BF16: twice that) run on the tensor cores on sm_80+ (`mma.sync` in
+//! inline PTX: int8 m16n8k32 against the int8 activation blocks for the quantized types, with the
+//! integer sums of the dp4a kernels; tf32 m16n8k8 for F16/BF16 with the activation split into
+//! tf32 hi + lo), tiles of 64 rows × 32 tokens staged in shared memory, so a block reads its
+//! weight tile once for all its tokens; decode, smaller batches, F32 and older GPUs read each
+//! weight row once per 8 tokens on the CUDA cores (dp4a, f32 FMA). A call runs up to [`BATCH`]
+//! tokens: causal attention over the KV cache is one launch pair for all of them, the SSD
+//! recurrence two (the conv of every token, `ssd_conv_all`, then the chunked matrix form,
+//! `ssd_chunk_scan`), and a DMA layer five (`GpuSession::dma_batch`): a key's score does not
+//! depend on the query, so after each insert the bounded cache holds exactly the `keep_window`
+//! best keys offered so far (score, then the newer); each cache entry and each token of the batch
+//! is therefore present during an interval of the batch, which one kernel per KV head
+//! (`dma_plan`) computes together with the slots the sequential inserts would give; the attention
+//! of all queries masks the keys outside their intervals, and the tokens that stay are stored
+//! afterwards. Single tokens (decode) insert and attend as before (`dma_insert`).
 //!
 //! A decode step is a fixed sequence of launches that read the token and position from a small
 //! device buffer, so it is captured once as a CUDA graph and replayed: per token the host copies
@@ -75,6 +80,16 @@ const KERNELS: &[&str] = &[
     "mvf3_f32",
     "mvf3_f16",
     "mvf3_bf16",
+    "mmq3_q4_0",
+    "mmq3_q4_1",
+    "mmq3_q5_0",
+    "mmq3_q5_1",
+    "mmq3_q8_0",
+    "mmq3_q4_k",
+    "mmq3_q5_k",
+    "mmq3_q6_k",
+    "mmf3_f16",
+    "mmf3_bf16",
     "rope",
     "qk_rope",
     "attn_part",
@@ -126,6 +141,9 @@ pub struct Gpu {
     /// `CHEEMS_CUDA_PDL=0`): the next kernel is scheduled while the previous one finishes, and
     /// waits for it in its first instruction (`griddepcontrol.wait`).
     pdl: bool,
+    /// Products of at least this many tokens run on the tensor cores (compute capability 8.0 and
+    /// later, [`MMA_MIN`] or `CHEEMS_CUDA_MMA_MIN`); `usize::MAX` without them.
+    mma_min: usize,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -184,8 +202,17 @@ impl Gpu {
         }
         let stream = ctx.new_stream()?;
         let pdl = cc.0 >= 9 && std::env::var("CHEEMS_CUDA_PDL").map_or(true, |v| v != "0");
+        let mma_min = if cc.0 >= 8 {
+            std::env::var("CHEEMS_CUDA_MMA_MIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MMA_MIN)
+        } else {
+            usize::MAX
+        };
         Ok(Gpu {
             pdl,
+            mma_min,
             name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
             ctx,
             stream,
@@ -456,15 +483,42 @@ fn any_quantized(ws: &[&GMat]) -> bool {
     ws.iter().any(|w| w.quantized())
 }
 
-/// Token columns one product launch handles (the kernels' NC).
+/// Token columns one `mmvq3`/`mvf3` launch handles (the kernels' NC).
 const COLS: usize = 8;
+
+/// Quantized products of at least this many tokens run on the tensor cores where the GPU has
+/// them, F16/BF16 ones from twice as many (the default of `CHEEMS_CUDA_MMA_MIN`). Measured on an
+/// H200 (`product_timings`): the int8 tiles win from 4-6 tokens on 2304x768 Q8_0/Q4_0/Q4_K and
+/// from about 20 on 768x2048 (fewer, longer tiles); the tf32 ones from 11 and about 64.
+pub const MMA_MIN: usize = 16;
+
+/// Rows and tokens of one tensor-core tile (the kernels' MQ_BM, MQ_BN).
+const MMA_TILE: (usize, usize) = (64, 32);
+
+/// The tensor-core product kernel of a device matrix type (F32 has none: it keeps `mvf3_f32`).
+fn mma_kernel(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q4_0 => "mmq3_q4_0",
+        GgmlType::Q4_1 => "mmq3_q4_1",
+        GgmlType::Q5_0 => "mmq3_q5_0",
+        GgmlType::Q5_1 => "mmq3_q5_1",
+        GgmlType::Q8_0 => "mmq3_q8_0",
+        GgmlType::Q4_K => "mmq3_q4_k",
+        GgmlType::Q5_K => "mmq3_q5_k",
+        GgmlType::Q6_K => "mmq3_q6_k",
+        GgmlType::F16 => "mmf3_f16",
+        GgmlType::BF16 => "mmf3_bf16",
+        _ => return None,
+    })
+}
 
 /// `y_m[t] = W_m x[t] (+ bias_m)` for up to three matrices of one type and width (`ws`: matrix,
 /// output, bias) and `n` activation rows `x` (`[n][cols]`). Quantized matrices read the int8
 /// blocks in `act` (`[q | d]`), which are made from `x` first when `quantize` is set (else they
-/// must hold `x` already; `d` holds two floats per block, see the kernels). The weights are read
-/// once per 8 rows.
-#[allow(clippy::too_many_arguments)]
+/// must hold `x` already; `d` holds two floats per block, see the kernels). Batches of at least
+/// the GPU's `mma_min` tokens run on the tensor cores (tiles of 64 rows × 32 tokens); smaller
+/// ones (F16/BF16: below twice `mma_min`), and F32, read the weights once per 8 tokens on the CUDA
+/// cores.
 fn launch_products(
     gpu: &Gpu,
     stream: &CudaStream,
@@ -474,6 +528,27 @@ fn launch_products(
     act: (DPtr, DPtr),
     quantize: bool,
 ) -> Result<()> {
+    launch_products_at(gpu, stream, ws, x, n, act, quantize, gpu.mma_min)
+}
+
+/// [`launch_products`] with batches of at least `mma_min` tokens on the tensor cores (when the
+/// GPU has them: its own `mma_min` is `usize::MAX` otherwise).
+#[allow(clippy::too_many_arguments)]
+fn launch_products_at(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    ws: &[(&GMat, DPtr, DPtr)],
+    x: DPtr,
+    n: usize,
+    act: (DPtr, DPtr),
+    quantize: bool,
+    mma_min: usize,
+) -> Result<()> {
+    let mma_min = if gpu.mma_min == usize::MAX {
+        usize::MAX
+    } else {
+        mma_min
+    };
     let Some(&(w0, _, _)) = ws.first() else {
         return Ok(());
     };
@@ -485,7 +560,7 @@ fn launch_products(
         // once.
         let mut quantize = quantize;
         for &m in ws {
-            launch_products(gpu, stream, &[m], x, n, act, quantize)?;
+            launch_products_at(gpu, stream, &[m], x, n, act, quantize, mma_min)?;
             quantize &= !m.0.quantized();
         }
         return Ok(());
@@ -515,6 +590,57 @@ fn launch_products(
             128,
             &[x, act.0, act.1, i(n * cols)],
         )?;
+    }
+    let mma_min = if w0.quantized() {
+        mma_min
+    } else {
+        mma_min.saturating_mul(2)
+    };
+    if let Some(name) = mma_kernel(w0.ty).filter(|_| n >= mma_min) {
+        let grid = (rows.div_ceil(MMA_TILE.0), n.div_ceil(MMA_TILE.1));
+        let (y, r, b) = ([m0.1, m1.1, m2.1], [m0.3, m1.3, m2.3], [m0.2, m1.2, m2.2]);
+        let (r, w) = ([i(r[0]), i(r[1]), i(r[2])], [m0.0, m1.0, m2.0]);
+        if w0.quantized() {
+            let a = [
+                w[0],
+                w[1],
+                w[2],
+                rb,
+                act.0,
+                act.1,
+                y[0],
+                y[1],
+                y[2],
+                r[0],
+                r[1],
+                r[2],
+                i(nb),
+                b[0],
+                b[1],
+                b[2],
+                i(n),
+            ];
+            return gpu.launch(stream, name, grid, 256, &a);
+        }
+        let a = [
+            w[0],
+            w[1],
+            w[2],
+            rb,
+            x,
+            y[0],
+            y[1],
+            y[2],
+            r[0],
+            r[1],
+            r[2],
+            i(cols),
+            b[0],
+            b[1],
+            b[2],
+            i(n),
+        ];
+        return gpu.launch(stream, name, grid, 256, &a);
     }
     let mut c0 = 0;
     while c0 < n {

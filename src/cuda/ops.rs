@@ -7,7 +7,7 @@ use anyhow::Result;
 use cheems_kernels::matvec::MatRef;
 use cudarc::driver::{result as cu, CudaStream};
 
-use super::{f, gpu, i, launch_products, upload_matref, DPtr, Gpu, Pool};
+use super::{f, gpu, i, launch_products_at, upload_matref, DPtr, Gpu, Pool};
 use crate::config::{Rope, RopePairing};
 
 /// A GPU and a stream for one-off kernel launches.
@@ -57,9 +57,63 @@ impl Ops {
         pool.upload(&self.gpu, &b)
     }
 
+    /// Whether batches of products run on the tensor cores here (compute capability 8.0+).
+    pub fn tensor_cores(&self) -> bool {
+        self.gpu.mma_min != usize::MAX
+    }
+
     /// `y[t] = W x[t]` for the rows of `x` (`[n][w.cols]`) with the engine's product for `w`'s
-    /// type (K-quants converted to F16), 8 rows per launch.
+    /// type, as a prefill or decode call launches it.
     pub fn matmul(&self, w: &MatRef<'_>, x: &[f32]) -> Result<Vec<f32>> {
+        let mut y = self.products(&[(*w, None)], x, self.gpu.mma_min)?;
+        Ok(y.pop().unwrap_or_default())
+    }
+
+    /// `y_m[t] = W_m x[t] (+ b_m)` for up to three matrices of one width and the rows of `x`
+    /// (`[n][cols]`) in one launch as the engine makes it, with batches of at least `mma_min`
+    /// tokens on the tensor cores (where the GPU has them; `usize::MAX`: never).
+    pub fn products(
+        &self,
+        ws: &[(MatRef<'_>, Option<&[f32]>)],
+        x: &[f32],
+        mma_min: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.gpu.ctx.bind_to_thread()?;
+        let Some((w0, _)) = ws.first() else {
+            return Ok(Vec::new());
+        };
+        let n = x.len() / w0.cols.max(1);
+        let mut pool = Pool::default();
+        let mut mats = Vec::new();
+        for (w, b) in ws {
+            let gm = upload_matref(&mut pool, &self.gpu, w)?;
+            let y = pool.zeros(&self.gpu, n * w.rows * 4)?;
+            let bp = match b {
+                Some(b) => self.pool_upload(&mut pool, b)?,
+                None => 0,
+            };
+            mats.push((gm, y, bp));
+        }
+        let xp = self.pool_upload(&mut pool, x)?;
+        let q = pool.zeros(&self.gpu, x.len().div_ceil(32) * 32)?;
+        let d = pool.zeros(&self.gpu, x.len().div_ceil(32) * 8)?;
+        self.gpu.stream.synchronize()?;
+        let refs: Vec<_> = mats.iter().map(|(g, y, b)| (g, *y, *b)).collect();
+        launch_products_at(&self.gpu, &self.stream, &refs, xp, n, (q, d), true, mma_min)?;
+        mats.iter()
+            .map(|(g, y, _)| self.down(*y, n * g.rows))
+            .collect()
+    }
+
+    /// Mean seconds of one product launch of `w` over the rows of `x` (the int8 blocks made
+    /// once), over `reps` launches after one warm-up; `mma_min` as in [`Ops::products`].
+    pub fn time_product(
+        &self,
+        w: &MatRef<'_>,
+        x: &[f32],
+        mma_min: usize,
+        reps: usize,
+    ) -> Result<f64> {
         self.gpu.ctx.bind_to_thread()?;
         let n = x.len() / w.cols.max(1);
         let mut pool = Pool::default();
@@ -69,8 +123,15 @@ impl Ops {
         let q = pool.zeros(&self.gpu, x.len().div_ceil(32) * 32)?;
         let d = pool.zeros(&self.gpu, x.len().div_ceil(32) * 8)?;
         self.gpu.stream.synchronize()?;
-        launch_products(&self.gpu, &self.stream, &[(&gm, y, 0)], xp, n, (q, d), true)?;
-        self.down(y, n * w.rows)
+        let (s, act) = (&self.stream, (q, d));
+        launch_products_at(&self.gpu, s, &[(&gm, y, 0)], xp, n, act, true, mma_min)?;
+        s.synchronize()?;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            launch_products_at(&self.gpu, s, &[(&gm, y, 0)], xp, n, act, false, mma_min)?;
+        }
+        s.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
     }
 
     /// RMSNorm of each `w.len()`-sized row of `x`.

@@ -558,6 +558,399 @@ MVF3(mvf3_f32, T_F32)
 MVF3(mvf3_f16, T_F16)
 MVF3(mvf3_bf16, T_BF16)
 
+// ---- tensor-core products (sm_80+) --------------------------------------------------------------
+
+// Batches of tokens against up to three matrices (see Three) on the tensor cores, as llama.cpp's
+// MMQ: a block of 256 threads computes a tile of MQ_BM rows × MQ_BN tokens, staging the weight
+// tile in shared memory once for all its tokens. Quantized types: each weight block of 32 is
+// unpacked to 32 int8 values (offsets q − 8, q − 16, q − 32 folded in, so the integer sum is the
+// one the dp4a path computes), multiplied with the activation's int8 block by
+// mma.m16n8k32.s8 (Q6_K: two m16n8k16, one per int8 sub-scale, combined in integers), then
+// scaled in f32 by weight scale × activation scale; the min / offset terms (Q4_1, Q5_1, Q4_K,
+// Q5_K) add m · s per block as vdot does. Only the f32 summation order differs from mmvq3.
+// F16/BF16: tf32 mma.m16n8k8 with the activation split x = hi + lo (both tf32; F16 and BF16
+// weights are exact in tf32), two products per step and f32 accumulation. Eight warps: warp w
+// covers rows 16·(w & 3) and every token of the tile (n-tiles past the batch are skipped) for
+// the even (w < 4) or odd steps of each stage; the two halves are summed at the end.
+#define MQ_BM 64
+#define MQ_BN 32
+#define MQ_KB 8                  // blocks of 32 values per stage
+#define MQ_LD (MQ_KB * 8 + 4)    // 32-bit words per staged row: 256 bytes (F16/BF16: 64 floats),
+                                 // and 16 of padding (conflict-free fragment loads)
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define MMA_OK 1
+#else
+#define MMA_OK 0
+#endif
+
+__device__ __forceinline__ void mma_k32(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if MMA_OK
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ void mma_k16(int* c, u32 a0, u32 a1, u32 b0) {
+#if MMA_OK
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+#endif
+}
+
+__device__ __forceinline__ void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if MMA_OK
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ u32 to_tf32(float x) {
+    u32 r = __float_as_uint(x);
+#if MMA_OK
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+#endif
+    return r;
+}
+
+// Bits 0..3 of h moved to bit 4 of bytes 0..3 (Q5_0/Q5_1's fifth bits of 4 values).
+__device__ __forceinline__ u32 bits4(u32 h) {
+    return ((h & 1) << 4) | ((h & 2) << 11) | ((h & 4) << 18) | ((h & 8) << 25);
+}
+
+// Block b (32 values) of a quantized row as 32 int8 values (v, 8 words, value i in byte i), its
+// scale d, its offset term m (added as m · s, s = the activation block's d·Σq; 0 when none) and
+// for Q6_K the int8 scales of its two halves of 16.
+template <int T>
+__device__ __forceinline__ void mq_unpack(const u8* row, int b, u32* v, float* d, float* m,
+                                          int* sc) {
+    if (T == T_Q8_0) {
+        const u8* blk = row + b * 34;
+        *d = h2f(ld16(blk));
+        for (int i = 0; i < 8; i++) v[i] = ld32_2(blk + 2 + 4 * i);
+    } else if (T == T_Q4_0 || T == T_Q4_1) {
+        const u8* blk = row + b * (T == T_Q4_0 ? 18 : 20);
+        *d = h2f(ld16(blk));
+        if (T == T_Q4_1) *m = h2f(ld16(blk + 2));
+        for (int i = 0; i < 4; i++) {
+            u32 x = T == T_Q4_0 ? ld32_2(blk + 2 + 4 * i) : *(const u32*)(blk + 4 + 4 * i);
+            v[i] = x & 0x0F0F0F0Fu;
+            v[4 + i] = (x >> 4) & 0x0F0F0F0Fu;
+            if (T == T_Q4_0) {
+                v[i] = __vsub4(v[i], 0x08080808u);
+                v[4 + i] = __vsub4(v[4 + i], 0x08080808u);
+            }
+        }
+    } else if (T == T_Q5_0 || T == T_Q5_1) {
+        const u8* blk = row + b * (T == T_Q5_0 ? 22 : 24);
+        *d = h2f(ld16(blk));
+        if (T == T_Q5_1) *m = h2f(ld16(blk + 2));
+        u32 qh = T == T_Q5_0 ? ld32_2(blk + 2) : *(const u32*)(blk + 4);
+        for (int i = 0; i < 4; i++) {
+            u32 x = T == T_Q5_0 ? ld32_2(blk + 6 + 4 * i) : *(const u32*)(blk + 8 + 4 * i);
+            v[i] = (x & 0x0F0F0F0Fu) | bits4(qh >> (4 * i));
+            v[4 + i] = ((x >> 4) & 0x0F0F0F0Fu) | bits4(qh >> (16 + 4 * i));
+            if (T == T_Q5_0) {
+                v[i] = __vsub4(v[i], 0x10101010u);
+                v[4 + i] = __vsub4(v[4 + i], 0x10101010u);
+            }
+        }
+    } else if (T == T_Q4_K || T == T_Q5_K) {
+        // Block b is sub-block j of super-block b / 8 (see dq and vdot).
+        const u8* blk = row + (b >> 3) * (T == T_Q4_K ? 144 : 176);
+        int j = b & 7, s, mn;
+        kscale(blk + 4, j, &s, &mn);
+        *d = h2f(ld16(blk)) * (float)s;
+        *m = -(h2f(ld16(blk + 2)) * (float)mn);
+        const u8* qs = blk + (T == T_Q4_K ? 16 : 48) + 32 * (j >> 1);
+        int sh = (j & 1) * 4;
+        for (int i = 0; i < 8; i++) {
+            v[i] = (*(const u32*)(qs + 4 * i) >> sh) & 0x0F0F0F0Fu;
+            if (T == T_Q5_K) v[i] |= ((*(const u32*)(blk + 16 + 4 * i) >> j) & 0x01010101u) << 4;
+        }
+    } else if (T == T_Q6_K) {
+        const u8* blk = row + (b >> 3) * 210;
+        int j = b & 7, n = j >> 2, c = j & 3;
+        const u8* ql = blk + 64 * n + (c & 1) * 32;
+        const u8* qh = blk + 128 + 32 * n;
+        int sh = (c >> 1) * 4;
+        for (int i = 0; i < 8; i++) {
+            u32 x = ((ld32_2(ql + 4 * i) >> sh) & 0x0F0F0F0Fu) |
+                    (((ld32_2(qh + 4 * i) >> (2 * c)) & 0x03030303u) << 4);
+            v[i] = __vsub4(x, 0x20202020u);
+        }
+        *d = h2f(ld16(blk + 208));
+        sc[0] = (signed char)blk[192 + 8 * n + 2 * c];
+        sc[1] = (signed char)blk[192 + 8 * n + 1 + 2 * c];
+    }
+}
+
+// Sums the two warps of a row group (w and w + 4: even and odd steps) into warp w's acc, through
+// shared memory buf (at least 4 · 32 · 16 floats, free when called); true for the warps that
+// hold the sums.
+__device__ __forceinline__ bool mq_reduce(float (*acc)[4], float* buf) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float* p = buf + ((warp & 3) * 32 + lane) * 16;
+    if (warp >= 4)
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) p[4 * j + e] = acc[j][e];
+    __syncthreads();
+    if (warp >= 4) return false;
+    for (int j = 0; j < 4; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] += p[4 * j + e];
+    return true;
+}
+
+// Writes a tile's results: acc[j] holds rows (g, g + 8) × tokens (2t, 2t + 1) of n-tile j.
+// (tokens from tok0, those below n stored).
+__device__ __forceinline__ void mq_store(const Three& m, float (*acc)[4], int row0, int tok0,
+                                         int n) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int h = 0; h < 2; h++) {
+        int k, r;
+        if (!pick(m, row0 + g + 8 * h, &k, &r)) continue;
+        float bias = m.b[k] ? m.b[k][r] : 0.0f;
+        for (int j = 0; j < 4; j++) {
+            for (int e = 0; e < 2; e++) {
+                int tok = tok0 + 8 * j + 2 * t + e;
+                if (tok < n) m.y[k][(long long)tok * m.r[k] + r] = acc[j][2 * h + e] + bias;
+            }
+        }
+    }
+}
+
+// y for rows blockIdx.x·MQ_BM.. and tokens blockIdx.y·MQ_BN.. of n (see above); q, ds: the
+// activation's int8 blocks ([n][nb][32], [n][nb][2]).
+template <int T>
+__device__ void mmq3(const Three& m, long long row_bytes, const signed char* q, const float* ds,
+                     int nb, int n) {
+    __shared__ __align__(16) u32 sw[MQ_BM * MQ_LD];
+    __shared__ __align__(16) u32 sa[MQ_BN * MQ_LD];
+    __shared__ float swd[MQ_BM][MQ_KB], swm[MQ_BM][MQ_KB], sad[MQ_BN][MQ_KB], sas[MQ_BN][MQ_KB];
+    __shared__ signed char ssc[MQ_BM][MQ_KB][2];
+    const bool offs = T == T_Q4_1 || T == T_Q5_1 || T == T_Q4_K || T == T_Q5_K;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int wm = warp & 3, wn = warp >> 2;
+    int row0 = blockIdx.x * MQ_BM, tok0 = blockIdx.y * MQ_BN;
+    int nc = min(MQ_BN, n - tok0);
+    q += (long long)tok0 * nb * 32;
+    ds += (long long)tok0 * nb * 2;
+    // This thread stages block lb of weight rows lr and lr + 32 and of token lr.
+    int lr = tid >> 3, lb = tid & 7;
+    const u8* wrow[2];
+    for (int h = 0; h < 2; h++) {
+        int k, r;
+        wrow[h] = pick(m, row0 + lr + 32 * h, &k, &r) ? m.w[k] + (long long)r * row_bytes : 0;
+    }
+    float acc[4][4];
+    for (int j = 0; j < 4; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    for (int kb0 = 0; kb0 < nb; kb0 += MQ_KB) {
+        int b = kb0 + lb;
+        u32 v[2][8];
+        float d[2] = {0.0f, 0.0f}, mo[2] = {0.0f, 0.0f};
+        int sc[2][2] = {{0, 0}, {0, 0}};
+        uint4 x[2][2];
+        float2 dd[2];
+        for (int h = 0; h < 2; h++) {
+            for (int i = 0; i < 8; i++) v[h][i] = 0;
+            if (wrow[h] && b < nb) mq_unpack<T>(wrow[h], b, v[h], &d[h], &mo[h], sc[h]);
+            int tok = lr + 32 * h;
+            x[h][0] = x[h][1] = make_uint4(0, 0, 0, 0);
+            dd[h] = make_float2(0.0f, 0.0f);
+            if (tok < MQ_BN && tok < nc && b < nb) {
+                const uint4* src = (const uint4*)(q + ((long long)tok * nb + b) * 32);
+                x[h][0] = src[0];
+                x[h][1] = src[1];
+                dd[h] = *(const float2*)(ds + 2 * ((long long)tok * nb + b));
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            int rr = lr + 32 * h;
+            uint4* dst = (uint4*)(sw + rr * MQ_LD + lb * 8);
+            dst[0] = make_uint4(v[h][0], v[h][1], v[h][2], v[h][3]);
+            dst[1] = make_uint4(v[h][4], v[h][5], v[h][6], v[h][7]);
+            swd[rr][lb] = d[h];
+            swm[rr][lb] = mo[h];
+            ssc[rr][lb][0] = (signed char)sc[h][0];
+            ssc[rr][lb][1] = (signed char)sc[h][1];
+            if (rr >= MQ_BN) continue;
+            uint4* adst = (uint4*)(sa + rr * MQ_LD + lb * 8);
+            adst[0] = x[h][0];
+            adst[1] = x[h][1];
+            sad[rr][lb] = dd[h].x;
+            sas[rr][lb] = dd[h].y;
+        }
+        __syncthreads();
+        int kbn = min(MQ_KB, nb - kb0);
+        {
+            for (int kb = wn; kb < kbn; kb += 2) {
+                int ra = wm * 16 + g;
+                const u32* pa = sw + ra * MQ_LD + kb * 8 + t;
+                u32 a0 = pa[0], a1 = pa[8 * MQ_LD], a2 = pa[4], a3 = pa[8 * MQ_LD + 4];
+                float d0 = swd[ra][kb], d1 = swd[ra + 8][kb];
+                float m0 = offs ? swm[ra][kb] : 0.0f, m1 = offs ? swm[ra + 8][kb] : 0.0f;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    int nt = 8 * j;
+                    if (nt >= nc) break;
+                    const u32* pb = sa + (nt + g) * MQ_LD + kb * 8 + t;
+                    int c[4] = {0, 0, 0, 0};
+                    if (T == T_Q6_K) {
+                        int c1[4] = {0, 0, 0, 0};
+                        mma_k16(c, a0, a1, pb[0]);
+                        mma_k16(c1, a2, a3, pb[4]);
+                        int s00 = ssc[ra][kb][0], s01 = ssc[ra][kb][1];
+                        int s10 = ssc[ra + 8][kb][0], s11 = ssc[ra + 8][kb][1];
+                        c[0] = s00 * c[0] + s01 * c1[0];
+                        c[1] = s00 * c[1] + s01 * c1[1];
+                        c[2] = s10 * c[2] + s11 * c1[2];
+                        c[3] = s10 * c[3] + s11 * c1[3];
+                    } else {
+                        mma_k32(c, a0, a1, a2, a3, pb[0], pb[4]);
+                    }
+                    int tt = nt + 2 * t;
+                    float e0 = sad[tt][kb], e1 = sad[tt + 1][kb];
+                    acc[j][0] += (float)c[0] * (d0 * e0);
+                    acc[j][1] += (float)c[1] * (d0 * e1);
+                    acc[j][2] += (float)c[2] * (d1 * e0);
+                    acc[j][3] += (float)c[3] * (d1 * e1);
+                    if (offs) {
+                        float s0 = sas[tt][kb], s1 = sas[tt + 1][kb];
+                        acc[j][0] += m0 * s0;
+                        acc[j][1] += m0 * s1;
+                        acc[j][2] += m1 * s0;
+                        acc[j][3] += m1 * s1;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    if (mq_reduce(acc, (float*)sw)) mq_store(m, acc, row0 + wm * 16, tok0, n);
+}
+
+#define MMQ3(name, T)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        name(const u8* w0, const u8* w1, const u8* w2, long long rb, const signed char* q,     \
+             const float* d, float* y0, float* y1, float* y2, int r0, int r1, int r2, int nb,  \
+             const float* b0, const float* b1, const float* b2, int n) {                       \
+        PDL_WAIT();                                                                            \
+        Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
+        mmq3<T>(m, rb, q, d, nb, n);                                                           \
+    }
+MMQ3(mmq3_q4_0, T_Q4_0)
+MMQ3(mmq3_q4_1, T_Q4_1)
+MMQ3(mmq3_q5_0, T_Q5_0)
+MMQ3(mmq3_q5_1, T_Q5_1)
+MMQ3(mmq3_q8_0, T_Q8_0)
+MMQ3(mmq3_q4_k, T_Q4_K)
+MMQ3(mmq3_q5_k, T_Q5_K)
+MMQ3(mmq3_q6_k, T_Q6_K)
+
+// F16/BF16 weights against f32 activations on the tf32 tensor cores (see above): stages of 64
+// values, the weights as floats, the activation as floats split into tf32 hi and lo parts when
+// its fragments are read. Each stage's products are summed by the tensor cores into a zeroed
+// partial, added to the accumulators in f32 (the tensor cores' own accumulation rounds
+// differently, which over long rows cost more than the bound of 1e-5).
+template <int T>
+__device__ void mmf3(const Three& m, long long row_bytes, const float* x, int cols, int n) {
+    __shared__ __align__(16) float sw[MQ_BM * MQ_LD], sx[MQ_BN * MQ_LD];
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int wm = warp & 3, wn = warp >> 2;
+    int row0 = blockIdx.x * MQ_BM, tok0 = blockIdx.y * MQ_BN;
+    int nc = min(MQ_BN, n - tok0);
+    x += (long long)tok0 * cols;
+    // This thread stages values 16·(tid & 3).. of weight row tid >> 2 (and of that token).
+    int lr = tid >> 2, lc = (tid & 3) * 16, k, r;
+    bool rok = pick(m, row0 + lr, &k, &r);
+    const u8* wrow = rok ? m.w[k] + (long long)r * row_bytes : 0;
+    const float* xr = x + (long long)lr * cols;
+    bool xok = lr < MQ_BN && lr < nc, vec = (cols & 7) == 0;
+    float acc[4][4];
+    for (int j = 0; j < 4; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    for (int k0 = 0; k0 < cols; k0 += 64) {
+        int c0 = k0 + lc;
+        float wv[16], xv[16];
+        if (vec && rok && c0 < cols) {
+            const uint4* p = (const uint4*)(wrow + 2 * (long long)c0);
+            unpack8<T>(p[0], wv);
+            if (c0 + 8 < cols) unpack8<T>(p[1], wv + 8);
+            else for (int e = 8; e < 16; e++) wv[e] = 0.0f;
+        } else {
+            const u16* w16 = (const u16*)wrow;
+            for (int e = 0; e < 16; e++)
+                wv[e] = rok && c0 + e < cols ? (T == T_F16 ? h2f(w16[c0 + e]) : bf2f(w16[c0 + e]))
+                                             : 0.0f;
+        }
+        if (vec && xok && c0 < cols) {
+            const float4* p = (const float4*)(xr + c0);
+            for (int e = 0; e < 4; e++) {
+                float4 a = c0 + 4 * e < cols ? p[e] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                xv[4 * e] = a.x; xv[4 * e + 1] = a.y; xv[4 * e + 2] = a.z; xv[4 * e + 3] = a.w;
+            }
+        } else {
+            for (int e = 0; e < 16; e++) xv[e] = xok && c0 + e < cols ? xr[c0 + e] : 0.0f;
+        }
+        float4* dw = (float4*)(sw + lr * MQ_LD + lc);
+        float4* dx = (float4*)(sx + (lr & (MQ_BN - 1)) * MQ_LD + lc);
+        for (int e = 0; e < 4; e++) {
+            dw[e] = make_float4(wv[4 * e], wv[4 * e + 1], wv[4 * e + 2], wv[4 * e + 3]);
+            if (lr < MQ_BN)
+                dx[e] = make_float4(xv[4 * e], xv[4 * e + 1], xv[4 * e + 2], xv[4 * e + 3]);
+        }
+        __syncthreads();
+        {
+            float part[4][4];
+            for (int j = 0; j < 4; j++)
+                for (int e = 0; e < 4; e++) part[j][e] = 0.0f;
+            int ks_n = min(8, (cols - k0 + 7) / 8);
+            for (int ks = wn; ks < ks_n; ks += 2) {
+                const float* pa = sw + (wm * 16 + g) * MQ_LD + ks * 8 + t;
+                u32 a0 = __float_as_uint(pa[0]), a1 = __float_as_uint(pa[8 * MQ_LD]);
+                u32 a2 = __float_as_uint(pa[4]), a3 = __float_as_uint(pa[8 * MQ_LD + 4]);
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    int nt = 8 * j;
+                    if (nt >= nc) break;
+                    const float* pb = sx + (nt + g) * MQ_LD + ks * 8 + t;
+                    float x0 = pb[0], x1 = pb[4];
+                    u32 h0 = to_tf32(x0), h1 = to_tf32(x1);
+                    u32 l0 = to_tf32(x0 - __uint_as_float(h0)), l1 = to_tf32(x1 - __uint_as_float(h1));
+                    mma_tf32(part[j], a0, a1, a2, a3, l0, l1);
+                    mma_tf32(part[j], a0, a1, a2, a3, h0, h1);
+                }
+            }
+            for (int j = 0; j < 4; j++)
+                for (int e = 0; e < 4; e++) acc[j][e] += part[j][e];
+        }
+        __syncthreads();
+    }
+    if (mq_reduce(acc, (float*)sw)) mq_store(m, acc, row0 + wm * 16, tok0, n);
+}
+
+#define MMF3(name, T)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        name(const u8* w0, const u8* w1, const u8* w2, long long rb, const float* x, float* y0, \
+             float* y1, float* y2, int r0, int r1, int r2, int cols, const float* b0,          \
+             const float* b1, const float* b2, int n) {                                        \
+        PDL_WAIT();                                                                            \
+        Three m = {{w0, w1, w2}, {y0, y1, y2}, {b0, b1, b2}, {r0, r1, r2}};                    \
+        mmf3<T>(m, rb, x, cols, n);                                                            \
+    }
+MMF3(mmf3_f16, T_F16)
+MMF3(mmf3_bf16, T_BF16)
+
 
 // ---- RoPE ---------------------------------------------------------------------------------------
 
