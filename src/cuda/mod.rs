@@ -121,8 +121,15 @@ pub fn compile(cc: (i32, i32)) -> Result<cudarc::nvrtc::Ptx> {
              nvidia-cuda-nvrtc`) and add its lib directory to LD_LIBRARY_PATH"
         );
     }
+    let mut options = vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)];
+    // CHEEMS_CUDA_LINEINFO=1: source line information, for profilers (Nsight Compute's source
+    // page correlates the instructions with kernels.cu lines).
+    if std::env::var("CHEEMS_CUDA_LINEINFO").is_ok_and(|v| v == "1") {
+        options.push("--generate-line-info".into());
+    }
     let opts = cudarc::nvrtc::CompileOptions {
-        options: vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)],
+        options,
+        name: Some("kernels.cu".into()),
         ..Default::default()
     };
     cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
