@@ -574,13 +574,12 @@ fn launch_products_at(
     }
     let name = product_kernel(w0.ty)?;
     let cols = w0.cols;
-    let m = |k: usize| {
+    let m: [ProductMat; 3] = std::array::from_fn(|k| {
         ws.get(k)
             .map_or((0, 0, 0, 0), |(w, y, b)| (w.ptr, *y, *b, w.rows))
-    };
-    let (m0, m1, m2) = (m(0), m(1), m(2));
+    });
     // Warps per row: 4 for short products (more parallel loads per row), 1 for tall ones.
-    let rows = m0.3 + m1.3 + m2.3;
+    let rows = m[0].3 + m[1].3 + m[2].3;
     let wpr = match rows {
         r if r >= 4096 => 1,
         r if r >= 1024 => 2,
@@ -589,6 +588,8 @@ fn launch_products_at(
     let grid = (rows.div_ceil(4 / wpr), 1);
     let rb = w0.row_bytes as u64;
     let nb = cols / 32;
+    // The kernels' width argument: blocks of 32 for int8 activations, else columns.
+    let width = if w0.quantized() { nb } else { cols };
     if w0.quantized() && quantize {
         gpu.launch(
             stream,
@@ -605,111 +606,71 @@ fn launch_products_at(
     };
     if let Some(name) = mma_kernel(w0.ty).filter(|_| n >= mma_min) {
         let grid = (rows.div_ceil(MMA_TILE.0), n.div_ceil(MMA_TILE.1));
-        let (y, r, b) = ([m0.1, m1.1, m2.1], [m0.3, m1.3, m2.3], [m0.2, m1.2, m2.2]);
-        let (r, w) = ([i(r[0]), i(r[1]), i(r[2])], [m0.0, m1.0, m2.0]);
-        if w0.quantized() {
-            let a = [
-                w[0],
-                w[1],
-                w[2],
-                rb,
-                act.0,
-                act.1,
-                y[0],
-                y[1],
-                y[2],
-                r[0],
-                r[1],
-                r[2],
-                i(nb),
-                b[0],
-                b[1],
-                b[2],
-                i(n),
-            ];
-            return gpu.launch(stream, name, grid, 256, &a);
-        }
-        let a = [
-            w[0],
-            w[1],
-            w[2],
-            rb,
-            x,
-            y[0],
-            y[1],
-            y[2],
-            r[0],
-            r[1],
-            r[2],
-            i(cols),
-            b[0],
-            b[1],
-            b[2],
-            i(n),
-        ];
-        return gpu.launch(stream, name, grid, 256, &a);
+        let input: &[u64] = if w0.quantized() {
+            &[act.0, act.1]
+        } else {
+            &[x]
+        };
+        let y = [m[0].1, m[1].1, m[2].1];
+        let (a, len) = product_args(&m, rb, input, y, width, &[i(n)]);
+        return gpu.launch(stream, name, grid, 256, &a[..len]);
     }
     let mut c0 = 0;
     while c0 < n {
         let nc = COLS.min(n - c0);
-        let y = |p: DPtr, rows: usize| {
-            if p == 0 {
+        // Outputs, int8 blocks and scales, or f32 rows from token c0 on.
+        let y = m.map(|(_, y, _, rows)| {
+            if y == 0 {
                 0
             } else {
-                p + (c0 * rows * 4) as u64
+                y + (c0 * rows * 4) as u64
             }
-        };
-        let (y0, y1, y2) = (y(m0.1, m0.3), y(m1.1, m1.3), y(m2.1, m2.3));
-        if w0.quantized() {
-            let q = act.0 + (c0 * cols) as u64;
-            let d = act.1 + (c0 * nb * 8) as u64;
-            let a = [
-                m0.0,
-                m1.0,
-                m2.0,
-                rb,
-                q,
-                d,
-                y0,
-                y1,
-                y2,
-                i(m0.3),
-                i(m1.3),
-                i(m2.3),
-                i(nb),
-                m0.2,
-                m1.2,
-                m2.2,
-                i(nc),
-                i(wpr),
-            ];
-            gpu.launch(stream, name, grid, 128, &a)?;
-        } else {
-            let xc = x + (c0 * cols * 4) as u64;
-            let a = [
-                m0.0,
-                m1.0,
-                m2.0,
-                rb,
-                xc,
-                y0,
-                y1,
-                y2,
-                i(m0.3),
-                i(m1.3),
-                i(m2.3),
-                i(cols),
-                m0.2,
-                m1.2,
-                m2.2,
-                i(nc),
-                i(wpr),
-            ];
-            gpu.launch(stream, name, grid, 128, &a)?;
-        }
+        });
+        let (q, d) = (act.0 + (c0 * cols) as u64, act.1 + (c0 * nb * 8) as u64);
+        let xc = x + (c0 * cols * 4) as u64;
+        let input: &[u64] = if w0.quantized() { &[q, d] } else { &[xc] };
+        let (a, len) = product_args(&m, rb, input, y, width, &[i(nc), i(wpr)]);
+        gpu.launch(stream, name, grid, 128, &a[..len])?;
         c0 += nc;
     }
     Ok(())
+}
+
+/// One matrix of a product launch: its device address, output, bias and rows (zeros for an
+/// unused slot).
+type ProductMat = (DPtr, DPtr, DPtr, usize);
+
+/// The argument words of the product kernels, which share one layout (`mmvq3_*`, `mvf3_*`,
+/// `mmq3_*`, `mmf3_*` in kernels.cu): the three matrices, their row bytes, the input (int8
+/// blocks and their scales, or f32 rows), the three outputs, the three row counts, the width
+/// (blocks of 32, or columns), the three biases, then the kernel's own tail (`nc, wpr` or `n`).
+/// A fixed array and its length: nothing is allocated per launch.
+fn product_args(
+    m: &[ProductMat; 3],
+    rb: u64,
+    input: &[u64],
+    y: [DPtr; 3],
+    width: usize,
+    tail: &[u64],
+) -> ([u64; 18], usize) {
+    let words = m
+        .iter()
+        .map(|m| m.0)
+        .chain([rb])
+        .chain(input.iter().copied())
+        .chain(y)
+        .chain(m.iter().map(|m| i(m.3)))
+        .chain([i(width)])
+        .chain(m.iter().map(|m| m.2))
+        .chain(tail.iter().copied());
+    debug_assert!(4 + input.len() + 10 + tail.len() <= 18);
+    let mut a = [0u64; 18];
+    let mut len = 0;
+    for (slot, v) in a.iter_mut().zip(words) {
+        *slot = v;
+        len += 1;
+    }
+    (a, len)
 }
 
 #[derive(Debug)]
@@ -2439,5 +2400,74 @@ impl GpuSession {
         }
         self.stream.synchronize()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parameter names of the product kernel that `macro` defines in kernels.cu.
+    fn kernel_params(macro_name: &str) -> Vec<String> {
+        let at = SOURCE
+            .find(&format!("#define {macro_name}("))
+            .unwrap_or_else(|| panic!("no macro {macro_name} in kernels.cu"));
+        let from = at + SOURCE[at..].find("name(").expect("the kernel's name(") + 5;
+        let to = from + SOURCE[from..].find(')').expect("the parameter list's end");
+        SOURCE[from..to]
+            .split(',')
+            .map(|p| {
+                p.replace('\\', " ")
+                    .split_whitespace()
+                    .last()
+                    .expect("a parameter name")
+                    .trim_start_matches('*')
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// `product_args` puts every word where the four product kernels' signatures expect it:
+    /// distinct values in, read back by parameter name.
+    #[test]
+    fn product_args_follow_the_kernel_signatures() {
+        let m = [(100, 200, 300, 1), (101, 201, 301, 2), (102, 202, 302, 3)];
+        for (macro_name, input, names, tail, tail_names) in [
+            (
+                "MMVQ3",
+                &[500u64, 501][..],
+                &["q", "d"][..],
+                &[600u64, 601][..],
+                &["nc", "wpr"][..],
+            ),
+            ("MVF3", &[500], &["x"], &[600, 601], &["nc", "wpr"]),
+            ("MMQ3", &[500, 501], &["q", "d"], &[600], &["n"]),
+            ("MMF3", &[500], &["x"], &[600], &["n"]),
+        ] {
+            let params = kernel_params(macro_name);
+            let (a, len) = product_args(&m, 7, input, [400, 401, 402], 9, tail);
+            assert_eq!(len, params.len(), "{macro_name}: {params:?}");
+            let mut want: HashMap<&str, u64> = HashMap::from([
+                ("w0", 100),
+                ("w1", 101),
+                ("w2", 102),
+                ("rb", 7),
+                ("y0", 400),
+                ("y1", 401),
+                ("y2", 402),
+                ("r0", 1),
+                ("r1", 2),
+                ("r2", 3),
+                ("b0", 300),
+                ("b1", 301),
+                ("b2", 302),
+                (if input.len() == 2 { "nb" } else { "cols" }, 9),
+            ]);
+            want.extend(names.iter().copied().zip(input.iter().copied()));
+            want.extend(tail_names.iter().copied().zip(tail.iter().copied()));
+            for (p, v) in params.iter().zip(&a[..len]) {
+                assert_eq!(want.get(p.as_str()), Some(v), "{macro_name}: parameter {p}");
+            }
+        }
     }
 }
