@@ -1298,8 +1298,10 @@ fn plan_fused_or_why(
     }))
 }
 
-/// The largest d_state of `ssd_chunk_scan` (its `CHUNK_N`).
+/// The largest d_state of `ssd_chunk_scan` (its `CHUNK_N`), and the head rows of one of its
+/// blocks (`CHUNK_P`).
 const CHUNK_N: usize = 128;
+const CHUNK_P: usize = 16;
 
 /// Tokens one forward call handles (a [`crate::Session`] prefill feeds chunks of this size).
 pub const BATCH: usize = crate::session::MAX_BATCH;
@@ -2126,7 +2128,7 @@ impl GpuSession {
                     let batched = n > 1 && sc.d_state <= 256 && sc.d_conv <= 9;
                     if batched && sc.d_state <= CHUNK_N && self.chunked_scan {
                         // A batch in the chunked matrix form: the conv of every token at once,
-                        // then chunks of 32 tokens per (head, 16 rows) block.
+                        // then chunks of 32 tokens per (head, CHUNK_P rows) block.
                         self.launch(
                             "ssd_conv_all",
                             (cd.div_ceil(256), n),
@@ -2146,7 +2148,7 @@ impl GpuSession {
                         )?;
                         self.launch(
                             "ssd_chunk_scan",
-                            (sc.n_heads, sc.head_dim.div_ceil(16)),
+                            (sc.n_heads, sc.head_dim.div_ceil(CHUNK_P)),
                             256,
                             &[
                                 s.xbc,
@@ -2425,6 +2427,25 @@ mod tests {
                     .to_string()
             })
             .collect()
+    }
+
+    /// The value of `#define name` in kernels.cu.
+    fn define(name: &str) -> usize {
+        let at = SOURCE
+            .find(&format!("#define {name} "))
+            .unwrap_or_else(|| panic!("no #define {name} in kernels.cu"));
+        SOURCE[at..]
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("#define {name}: not a number"))
+    }
+
+    /// The host's copies of the kernels' tile shapes: the launch grids divide by them.
+    #[test]
+    fn tile_constants_match_the_kernels() {
+        assert_eq!(MMA_TILE, (define("MQ_BM"), define("MQ_BN")));
+        assert_eq!((CHUNK_N, CHUNK_P), (define("CHUNK_N"), define("CHUNK_P")));
     }
 
     /// `product_args` puts every word where the four product kernels' signatures expect it:
