@@ -61,6 +61,10 @@ __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
 __device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
+// Words (16 bytes, or a quarter of a quantized block) a lane loads from a row before using any:
+// see rowdot2.
+#define RD_K 6
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
@@ -1076,15 +1080,53 @@ extern "C" __global__ void kv_append(const float* k, const float* v, float* kc, 
     }
 }
 
-// Attention of query head h of token t over the keys of its KV head g = h / group:
-// out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j. Key j of head g is at kc + g·head_stride +
+// The end of an attention part (attn_part, dma_attn), block-wide: with the block's maximum logit
+// mx, the exponentials e_j = exp(s_j − mx) of its keys j in [j0, j1) (s_j at e[j − j0], replaced
+// by e_j), their sum, and Σ e_j·v_j (value j at vb + j·rs), written as part pi: pm[pi] = mx,
+// pl[pi] = Σ e_j, po[pi·hd ..] = Σ e_j·v_j. Keys with e_j = 0 (masked out in dma_attn, or far
+// below the maximum) are skipped, their values not read (measured on the H200: the synth
+// doge-60m's decode step about 8% shorter, llama-110m's unchanged).
+__device__ __forceinline__ void attn_part_finish(float* e, int j0, int j1, float mx,
+                                                 const float* vb, long long rs, int hd,
+                                                 long long pi, float* pm, float* pl, float* po) {
+    __shared__ float part_o[1024];
+    float sum = 0.0f;
+    for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+        float ej = expf(e[j - j0] - mx);
+        e[j - j0] = ej;
+        sum += ej;
+    }
+    sum = block_sum(sum);
+    int slices = blockDim.x / hd;
+    if (slices < 1) slices = 1;
+    int sl = threadIdx.x / hd, i = threadIdx.x % hd;
+    float acc = 0.0f;
+    if (sl < slices)
+        for (int j = j0 + sl; j < j1; j += slices) {
+            float ej = e[j - j0];
+            if (ej != 0.0f) acc += ej * vb[(long long)j * rs + i];
+        }
+    if (sl < slices) part_o[sl * hd + i] = acc;
+    __syncthreads();
+    if (threadIdx.x < hd) {
+        float o = 0.0f;
+        for (int k = 0; k < slices; k++) o += part_o[k * hd + threadIdx.x];
+        po[pi * hd + threadIdx.x] = o;
+    }
+    if (threadIdx.x == 0) {
+        pm[pi] = mx;
+        pl[pi] = sum;
+    }
+}
+
+// Attention of query head h of token t over the keys of its KV head g = h / group,
+// out = Σ_j softmax_j(q·k_j·scale + bias_j) v_j, split over the keys (flash-decoding): block
+// (h, t - t0, part) takes keys [part·span, (part+1)·span) and writes its running max pm, sum of
+// exponentials pl and unnormalized output po ([t][h][part], po with hd values); an empty part
+// writes pl = 0. attn_combine merges the parts. Key j of head g is at kc + g·head_stride +
 // j·row_stride; the number of keys is lens[g], or step[1] + 1 + t when lens is NULL (plain causal
 // attention of token t); bias (DMA scores) is [g][bias_stride]; att: [tokens][n_heads][max_keys]
 // scratch for the weights.
-// Attention split over the keys (flash-decoding): block (h, t - t0, part) takes keys
-// [part·span, (part+1)·span) of the same cache layout as `attention`, and writes its running max
-// pm, sum of exponentials pl and unnormalized output po ([t][h][part], po with hd values); an
-// empty part writes pl = 0. attn_combine merges the parts.
 extern "C" __global__ void attn_part(const float* q, const float* kc, const float* vc,
                                      float* att, int group, int hd, long long head_stride,
                                      int row_stride, const int* lens, const float* bias,
@@ -1109,7 +1151,6 @@ extern "C" __global__ void attn_part(const float* q, const float* kc, const floa
     const float* vb = vc + g * head_stride;
     float* a = att + ((long long)t * nh + h) * max_keys;
     __shared__ float qs[256];
-    __shared__ float part_o[1024];
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qh[i];
     __syncthreads();
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -1123,30 +1164,7 @@ extern "C" __global__ void attn_part(const float* q, const float* kc, const floa
         mx = fmaxf(mx, s);
     }
     mx = block_max(mx);
-    float sum = 0.0f;
-    for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-        float e = expf(a[j] - mx);
-        a[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum);
-    int slices = blockDim.x / hd;
-    if (slices < 1) slices = 1;
-    int sl = threadIdx.x / hd, i = threadIdx.x % hd;
-    float acc = 0.0f;
-    if (sl < slices)
-        for (int j = j0 + sl; j < j1; j += slices) acc += a[j] * vb[(long long)j * row_stride + i];
-    if (sl < slices) part_o[sl * hd + i] = acc;
-    __syncthreads();
-    if (threadIdx.x < hd) {
-        float o = 0.0f;
-        for (int k = 0; k < slices; k++) o += part_o[k * hd + threadIdx.x];
-        po[pi * hd + threadIdx.x] = o;
-    }
-    if (threadIdx.x == 0) {
-        pm[pi] = mx;
-        pl[pi] = sum;
-    }
+    attn_part_finish(a + j0, j0, j1, mx, vb, row_stride, hd, pi, pm, pl, po);
 }
 
 // Merges attn_part's parts of block (h, t - t0): out = Σ_p e^(m_p − M) o_p / Σ_p e^(m_p − M) l_p,
@@ -1432,7 +1450,6 @@ extern "C" __global__ void dma_attn(const float* q, const float* kc, const float
     long long pi = ((long long)t * nh + h) * n_parts + part;
     __shared__ float qs[256];
     __shared__ float a[256];
-    __shared__ float part_o[1024];
     if (j0 >= j1) {
         if (threadIdx.x == 0) {
             pm[pi] = -INFINITY;
@@ -1464,33 +1481,7 @@ extern "C" __global__ void dma_attn(const float* q, const float* kc, const float
         }
         return;
     }
-    float sum = 0.0f;
-    for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-        float e = expf(a[j - j0] - mx);
-        a[j - j0] = e;
-        sum += e;
-    }
-    sum = block_sum(sum);
-    int slices = blockDim.x / hd;
-    if (slices < 1) slices = 1;
-    int sl = threadIdx.x / hd, i = threadIdx.x % hd;
-    float acc = 0.0f;
-    if (sl < slices)
-        for (int j = j0 + sl; j < j1; j += slices) {
-            float e = a[j - j0];
-            if (e != 0.0f) acc += e * vb[(long long)j * rs + i];
-        }
-    if (sl < slices) part_o[sl * hd + i] = acc;
-    __syncthreads();
-    if (threadIdx.x < hd) {
-        float o = 0.0f;
-        for (int s2 = 0; s2 < slices; s2++) o += part_o[s2 * hd + threadIdx.x];
-        po[pi * hd + threadIdx.x] = o;
-    }
-    if (threadIdx.x == 0) {
-        pm[pi] = mx;
-        pl[pi] = sum;
-    }
+    attn_part_finish(a, j0, j1, mx, vb, rs, hd, pi, pm, pl, po);
 }
 
 // Stores batch token t's key, value, score and position (block (g, t)) in the slot dma_plan gave
@@ -1579,18 +1570,62 @@ extern "C" __global__ void ssd_step(const float* xbc, int cd, const float* zx, i
 // its next history to the other buffer, so heads sharing B and C never race.
 // RoPE (pairing (i, i + n/2)) at position pos on B and C of one group, bc = [B | C] in shared
 // memory; block-wide, ends with __syncthreads.
-__device__ void rope_bc(float* bc, int n, int pos, const float* inv_freq) {
+// f_first: the thread's first frequency loaded ahead (rope_freq), so its latency overlaps other
+// work.
+__device__ void rope_bc(float* bc, int n, int pos, const float* inv_freq, float f_first) {
     int half = n / 2;
     for (int k = threadIdx.x; k < 2 * half; k += blockDim.x) {
         int v = k / half, i = k % half;
         float s, c;
-        sincosf((float)pos * inv_freq[i], &s, &c);
+        sincosf((float)pos * (k == (int)threadIdx.x ? f_first : inv_freq[i]), &s, &c);
         float* vec = bc + v * n;
         float x0 = vec[i], x1 = vec[i + half];
         vec[i] = x0 * c - x1 * s;
         vec[i + half] = x0 * s + x1 * c;
     }
     __syncthreads();
+}
+
+// The frequency of the thread's first pair in rope_bc.
+__device__ __forceinline__ float rope_freq(const float* inv_freq, int n) {
+    int half = n / 2;
+    return inv_freq && (int)threadIdx.x < 2 * half ? inv_freq[threadIdx.x % half] : 0.0f;
+}
+
+// Channel ch's causal conv: acc + taps·[history, cur] (history: w1 = d_conv - 1 values, taps:
+// d_conv), and the next history into `next` when it is non-NULL. Up to 4 history values (d_conv
+// 4 is every released Mamba-2's) are loaded at once, clamped as in rowdot2; longer ones one by
+// one. The same order of summation either way.
+__device__ __forceinline__ float conv_ch(const float* hist, const float* taps, float acc,
+                                         float cur, int w1, float* next) {
+    if (w1 >= 1 && w1 <= 4) {
+        float hv[4], tv[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int jj = min(j, w1 - 1);
+            hv[j] = hist[jj];
+            tv[j] = taps[jj];
+        }
+        float tl = taps[w1];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (j < w1) acc += tv[j] * hv[j];
+        acc += tl * cur;
+        if (next) {
+#pragma unroll
+            for (int j = 0; j < 3; j++)
+                if (j + 1 < w1) next[j] = hv[j + 1];
+            next[w1 - 1] = cur;
+        }
+        return acc;
+    }
+    for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
+    acc += taps[w1] * cur;
+    if (next) {
+        for (int j = 0; j + 1 < w1; j++) next[j] = hist[j + 1];
+        if (w1 > 0) next[w1 - 1] = cur;
+    }
+    return acc;
 }
 
 // The body of ssd_fused for head h and part `part` of `parts` (also run by ssd_decode).
@@ -1622,45 +1657,28 @@ __device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, in
     float dt_b = dt_bias[h], a_h = a[h], d_h = dskip[h];
     float s_first[8];
     {
-        const float* st = ssm + ((long long)h * p + i_first) * n;
+        // Clamped (see rowdot2): a part without rows, or lanes past n, load a row's last value.
+        const float* st = ssm + ((long long)h * p + max(min(i_first, r1 - 1), 0)) * n;
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-            int k = lane + 32 * kk;
-            s_first[kk] = i_first < r1 && k < n ? st[k] : 0.0f;
-        }
+        for (int kk = 0; kk < 8; kk++) s_first[kk] = st[min(lane + 32 * kk, n - 1)];
     }
-    // B then C of group g: 2n channels.
-    for (int k = threadIdx.x; k < 2 * n; k += blockDim.x) {
-        int ch = d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n));
-        const float* hist = hold + (long long)ch * w1;
-        const float* taps = cw + (long long)ch * dconv;
-        float acc = cb ? cb[ch] : 0.0f;
-        for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
+    float f_first = rope_freq(inv_freq, n);
+    // B then C of group g (2n channels), then the head's x channels of rows r0..r1: one pass,
+    // so every thread's loads go out together.
+    int nx = max(r1 - r0, 0);
+    for (int k = threadIdx.x; k < 2 * n + nx; k += blockDim.x) {
+        bool is_bc = k < 2 * n;
+        int ch = !is_bc ? h * p + r0 + (k - 2 * n)
+                 : d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n));
         float cur = __ldcg(in + ch);
-        acc += taps[w1] * cur;
-        bc[k] = silu(acc);
-        if (writer_bc) {
-            float* nh_ = hnew + (long long)ch * w1;
-            for (int j = 0; j + 1 < w1; j++) nh_[j] = hist[j + 1];
-            if (w1 > 0) nh_[w1 - 1] = cur;
-        }
-    }
-    // The head's x channels of rows r0..r1.
-    for (int i = r0 + threadIdx.x; i < r1; i += blockDim.x) {
-        int ch = h * p + i;
-        const float* hist = hold + (long long)ch * w1;
-        const float* taps = cw + (long long)ch * dconv;
-        float acc = cb ? cb[ch] : 0.0f;
-        for (int j = 0; j < w1; j++) acc += taps[j] * hist[j];
-        float cur = __ldcg(in + ch);
-        acc += taps[w1] * cur;
-        xs[i - r0] = silu(acc);
-        float* nh_ = hnew + (long long)ch * w1;
-        for (int j = 0; j + 1 < w1; j++) nh_[j] = hist[j + 1];
-        if (w1 > 0) nh_[w1 - 1] = cur;
+        float v = conv_ch(hold + (long long)ch * w1, cw + (long long)ch * dconv,
+                          cb ? cb[ch] : 0.0f, cur, w1,
+                          !is_bc || writer_bc ? hnew + (long long)ch * w1 : nullptr);
+        if (is_bc) bc[k] = silu(v);
+        else xs[k - 2 * n] = silu(v);
     }
     __syncthreads();
-    if (inv_freq) rope_bc(bc, n, pos, inv_freq);
+    if (inv_freq) rope_bc(bc, n, pos, inv_freq, f_first);
     float dt = softplus(dt_in + dt_b);
     float da = expf(dt * a_h);
     for (int i = i_first; i < r1; i += nw) {
@@ -1740,7 +1758,7 @@ extern "C" __global__ void ssd_scan(const float* zx, int zx_stride, const float*
             else xs[k - nb] = silu(acc);
         }
         __syncthreads();
-        if (inv_freq) rope_bc(bc, n, pos0 + t, inv_freq);
+        if (inv_freq) rope_bc(bc, n, pos0 + t, inv_freq, rope_freq(inv_freq, n));
         float dt = softplus(zx[(long long)t * zx_stride + d_inner + cd + h] + dtb);
         float da = expf(dt * da_h);
         if (row) {
@@ -2156,51 +2174,97 @@ __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned* target,
 
 __device__ __forceinline__ bool is_quant(int ty) { return ty != T_F32 && ty != T_F16 && ty != T_BF16; }
 
-// A lane's share of row · x (float weights, x in shared memory).
+// Lane `lane`'s shares of two rows' products with the activation: w0·x into a0, w1·x into a1
+// (x in shared memory; for a quantized T, its int8 blocks q and scales ds). RD_K of a lane's
+// words (16 bytes of a float row, a quarter block of a quantized one) per row are loaded before
+// the first is used, at addresses clamped into the row instead of guarded, so no branch
+// separates the loads and a batch costs one memory round trip. (A guarded loop issues one load
+// per round trip once fewer than its unroll count are left: a 768-wide F16 row is 3 words per
+// lane, which took 3 round trips per row, and the second row waited for the first.)
 template <int T>
-__device__ __forceinline__ float rowdot_f(const u8* row, const float* x, int cols, int lane) {
-    float acc = 0.0f;
+__device__ __forceinline__ void rowdot2(const u8* w0, const u8* w1, const float* x,
+                                        const signed char* q, const float* ds, int cols, int lane,
+                                        float* a0, float* a1) {
+    float s0 = 0.0f, s1 = 0.0f;
     if (T == T_F32 && (cols & 3) == 0) {
-        const float4* wr = (const float4*)row;
-#pragma unroll 4
-        for (int i = lane; i < cols / 4; i += 32) {
-            float4 v = wr[i];
-            float4 a = ((const float4*)x)[i];
-            acc += v.x * a.x + v.y * a.y + v.z * a.z + v.w * a.w;
+        int nv = cols / 4;
+        for (int base = lane; base < nv; base += 32 * RD_K) {
+            float4 v0[RD_K], v1[RD_K];
+#pragma unroll
+            for (int k = 0; k < RD_K; k++) {
+                int i = min(base + 32 * k, nv - 1);
+                v0[k] = ((const float4*)w0)[i];
+                v1[k] = ((const float4*)w1)[i];
+            }
+#pragma unroll
+            for (int k = 0; k < RD_K; k++) {
+                int i = base + 32 * k;
+                if (i < nv) {
+                    float4 a = ((const float4*)x)[i];
+                    s0 += v0[k].x * a.x + v0[k].y * a.y + v0[k].z * a.z + v0[k].w * a.w;
+                    s1 += v1[k].x * a.x + v1[k].y * a.y + v1[k].z * a.z + v1[k].w * a.w;
+                }
+            }
         }
-    } else if (T != T_F32 && (cols & 7) == 0) {
-        const uint4* wr = (const uint4*)row;
-#pragma unroll 4
-        for (int i = lane; i < cols / 8; i += 32) {
-            uint4 v = wr[i];
-            float f[8];
-            unpack8<T>(v, f);
-            const float4* xa = (const float4*)x + 2 * i;
-            float4 a = xa[0], b = xa[1];
-            acc += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y +
-                   f[6] * b.z + f[7] * b.w;
+    } else if ((T == T_F16 || T == T_BF16) && (cols & 7) == 0) {
+        int nv = cols / 8;
+        for (int base = lane; base < nv; base += 32 * RD_K) {
+            uint4 v0[RD_K], v1[RD_K];
+#pragma unroll
+            for (int k = 0; k < RD_K; k++) {
+                int i = min(base + 32 * k, nv - 1);
+                v0[k] = ((const uint4*)w0)[i];
+                v1[k] = ((const uint4*)w1)[i];
+            }
+#pragma unroll
+            for (int k = 0; k < RD_K; k++) {
+                int i = base + 32 * k;
+                if (i < nv) {
+                    const float4* xa = (const float4*)x + 2 * i;
+                    float4 a = xa[0], b = xa[1];
+                    float f[8];
+                    unpack8<T>(v0[k], f);
+                    s0 += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x +
+                          f[5] * b.y + f[6] * b.z + f[7] * b.w;
+                    unpack8<T>(v1[k], f);
+                    s1 += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x +
+                          f[5] * b.y + f[6] * b.z + f[7] * b.w;
+                }
+            }
+        }
+    } else if (T != T_F32 && T != T_F16 && T != T_BF16) {
+        int nit = cols / 32 * 4;
+        for (int base = lane; base < nit; base += 32 * RD_K) {
+            float p0[RD_K], p1[RD_K];
+#pragma unroll
+            for (int k = 0; k < RD_K; k++) {
+                int it = min(base + 32 * k, nit - 1);
+                int b = it >> 2, sub = it & 3;
+                const int* aq = (const int*)(q + b * 32);
+                p0[k] = vdot<T>(w0, b, sub, aq, ds[2 * b], ds[2 * b + 1]);
+                p1[k] = vdot<T>(w1, b, sub, aq, ds[2 * b], ds[2 * b + 1]);
+            }
+#pragma unroll
+            for (int k = 0; k < RD_K; k++) {
+                if (base + 32 * k < nit) {
+                    s0 += p0[k];
+                    s1 += p1[k];
+                }
+            }
         }
     } else {
+        // Widths that are not whole 16-byte words: one value at a time.
         for (int i = lane; i < cols; i += 32) {
-            float wv = T == T_F32 ? ((const float*)row)[i]
-                     : T == T_F16 ? h2f(((const u16*)row)[i]) : bf2f(((const u16*)row)[i]);
-            acc += wv * x[i];
+            float v0 = T == T_F32 ? ((const float*)w0)[i]
+                     : T == T_F16 ? h2f(((const u16*)w0)[i]) : bf2f(((const u16*)w0)[i]);
+            float v1 = T == T_F32 ? ((const float*)w1)[i]
+                     : T == T_F16 ? h2f(((const u16*)w1)[i]) : bf2f(((const u16*)w1)[i]);
+            s0 += v0 * x[i];
+            s1 += v1 * x[i];
         }
     }
-    return acc;
-}
-
-// A lane's share of row · x (quantized weights, x as int8 blocks q and scales ds).
-template <int T>
-__device__ __forceinline__ float rowdot_q(const u8* row, const signed char* q, const float* ds,
-                                          int nb, int lane) {
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int it = lane; it < nb * 4; it += 32) {
-        int b = it >> 2, sub = it & 3;
-        acc += vdot<T>(row, b, sub, (const int*)(q + b * 32), ds[2 * b], ds[2 * b + 1]);
-    }
-    return acc;
+    *a0 = s0;
+    *a1 = s1;
 }
 
 // The activation xs[0..cols) (shared) to int8 blocks in shared q/ds when ty is quantized.
@@ -2210,14 +2274,6 @@ __device__ __forceinline__ void smem_quantize(int ty, const float* xs, int cols,
     __syncthreads();
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     for (int b = threadIdx.x >> 5; b < cols / 32; b += nw) q8_block(xs[b * 32 + lane], q, ds, b, lane);
-}
-
-// A lane's share of row · x for weight type T (see rowdot_f, rowdot_q).
-template <int T>
-__device__ __forceinline__ float rowdot_t(const u8* row, const float* x, const signed char* q,
-                                          const float* ds, int cols, int lane) {
-    if (T == T_F32 || T == T_F16 || T == T_BF16) return rowdot_f<T>(row, x, cols, lane);
-    return rowdot_q<T>(row, q, ds, cols / 32, lane);
 }
 
 // old: resid[r], loaded before the row's product.
@@ -2248,8 +2304,10 @@ __device__ void grid_rows_t(const u8* w, long long rb, int rows, int cols, const
             o0 = __ldcg(resid + r);
             if (r2 < rows) o1 = __ldcg(resid + r2);
         }
-        float a0 = rowdot_t<T>(w + (long long)r * rb, xs, q, ds, cols, lane);
-        float a1 = r2 < rows ? rowdot_t<T>(w + (long long)r2 * rb, xs, q, ds, cols, lane) : 0.0f;
+        // Without a second row, the first is read twice (from cache) and a1 is not used.
+        float a0, a1;
+        rowdot2<T>(w + (long long)r * rb, w + (long long)(r2 < rows ? r2 : r) * rb, xs, q, ds,
+                   cols, lane, &a0, &a1);
         a0 = warp_sum(a0);
         a1 = warp_sum(a1);
         if (lane == 0) {
@@ -2285,11 +2343,24 @@ __device__ void grid_rows(int ty, const u8* w, long long rb, int rows, int cols,
 __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, int ty, float* xs,
                              float* ws, signed char* q, float* ds) {
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-        float v = __ldcg(x + j);
-        ws[j] = w[j];
-        xs[j] = v;
-        ss += v * v;
+    for (int j0 = threadIdx.x; j0 < d; j0 += 4 * blockDim.x) {
+        // Four per thread loaded at once (addresses clamped, see rowdot2): one round trip.
+        float v[4], wv[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int j = min(j0 + k * (int)blockDim.x, d - 1);
+            v[k] = __ldcg(x + j);
+            wv[k] = w[j];
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int j = j0 + k * (int)blockDim.x;
+            if (j < d) {
+                ws[j] = wv[k];
+                xs[j] = v[k];
+                ss += v[k] * v[k];
+            }
+        }
     }
     ss = block_sum(ss) / (float)d;
     float inv = 1.0f / sqrtf(ss + eps);
@@ -2346,11 +2417,27 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
         int gs = di / ng;
         for (int g = 0; g < ng; g++) {
             float ss = 0.0f;
-            for (int j = g * gs + threadIdx.x; j < (g + 1) * gs; j += blockDim.x) {
-                float v = __ldcg(A.y + j) * silu(__ldcg(A.zx + j));
-                ws[j] = L.gnorm[j];
-                xs[j] = v;
-                ss += v * v;
+            int g1 = (g + 1) * gs;
+            for (int j0 = g * gs + threadIdx.x; j0 < g1; j0 += 4 * blockDim.x) {
+                // Four per thread loaded at once (addresses clamped, see rowdot2).
+                float yv[4], zv[4], wv[4];
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    int j = min(j0 + k * (int)blockDim.x, g1 - 1);
+                    yv[k] = __ldcg(A.y + j);
+                    zv[k] = __ldcg(A.zx + j);
+                    wv[k] = L.gnorm[j];
+                }
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    int j = j0 + k * (int)blockDim.x;
+                    if (j < g1) {
+                        float v = yv[k] * silu(zv[k]);
+                        ws[j] = wv[k];
+                        xs[j] = v;
+                        ss += v * v;
+                    }
+                }
             }
             ss = block_sum(ss) / (float)gs;
             float inv = 1.0f / sqrtf(ss + A.gnorm_eps);
