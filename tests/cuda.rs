@@ -210,6 +210,15 @@ mod gpu {
         out
     }
 
+    /// The rows of `wf` (`cols` values each) stored as `ty`, and dequantized again.
+    fn typed_matrix(ty: GgmlType, wf: &[f32], cols: usize) -> (Vec<u8>, Vec<f32>) {
+        let mut data = vec![0u8; ty.row_bytes(cols).unwrap() * (wf.len() / cols)];
+        cheems_formats::blocks::quantize_row(ty, wf, &mut data).unwrap();
+        let mut deq = vec![0f32; wf.len()];
+        cheems_formats::blocks::dequantize_row(ty, &data, &mut deq).unwrap();
+        (data, deq)
+    }
+
     /// x through ggml's Q8_0 quants and back (the GPU's int8 activation blocks).
     fn q8_roundtrip(x: &[f32]) -> Vec<f32> {
         let mut qb = vec![0u8; GgmlType::Q8_0.row_bytes(x.len()).unwrap()];
@@ -239,7 +248,6 @@ mod gpu {
         let Some(ops) = ops_or_skip("products") else {
             return;
         };
-        use GgmlType::*;
         let pool = Pool::new(2).unwrap();
         let mut rng = Rng(11);
         for (ty, vs_cpu, vs_ref) in product_cases() {
@@ -257,10 +265,7 @@ mod gpu {
                 let n = [1, 3, 8, 13][si % 4];
                 let wf = rng.vec(rows * cols, 0.05);
                 let x = rng.vec(n * cols, 1.0);
-                let mut data = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
-                cheems_formats::blocks::quantize_row(ty, &wf, &mut data).unwrap();
-                let mut deq = vec![0f32; rows * cols];
-                cheems_formats::blocks::dequantize_row(ty, &data, &mut deq).unwrap();
+                let (data, deq) = typed_matrix(ty, &wf, cols);
                 let w = MatRef {
                     ty,
                     rows,
@@ -269,37 +274,14 @@ mod gpu {
                 };
                 let mut act = Activation::with_capacity(cols);
                 let mut cpu = vec![0f32; n * rows];
-                let mut reference = vec![0f32; n * rows];
-                for t in 0..n {
-                    let xt = &x[t * cols..(t + 1) * cols];
+                for (xt, yt) in x.chunks_exact(cols).zip(cpu.chunks_exact_mut(rows)) {
                     act.quantize_for(ty, xt);
-                    matvec(&w, &act, xt, &mut cpu[t * rows..(t + 1) * rows], &pool);
-                    for r in 0..rows {
-                        reference[t * rows + r] = deq[r * cols..(r + 1) * cols]
-                            .iter()
-                            .zip(xt)
-                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                            .sum::<f64>() as f32;
-                    }
+                    matvec(&w, &act, xt, yt, &pool);
                 }
+                let reference = f64_products(&deq, cols, &x, None, |v| v.to_vec());
                 let gpu = ops.matmul(&w, &x).unwrap();
                 if let Some(bound) = same_act_bound(ty) {
-                    let mut same = vec![0f32; n * rows];
-                    let mut qb = vec![0u8; Q8_0.row_bytes(cols).unwrap()];
-                    let mut xq = vec![0f32; cols];
-                    for t in 0..n {
-                        let xt = &x[t * cols..(t + 1) * cols];
-                        cheems_formats::blocks::quantize_row(Q8_0, xt, &mut qb).unwrap();
-                        cheems_formats::blocks::dequantize_row(Q8_0, &qb, &mut xq).unwrap();
-                        for r in 0..rows {
-                            same[t * rows + r] = deq[r * cols..(r + 1) * cols]
-                                .iter()
-                                .zip(&xq)
-                                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                                .sum::<f64>()
-                                as f32;
-                        }
-                    }
+                    let same = f64_products(&deq, cols, &x, None, q8_roundtrip);
                     let e = rel(&gpu, &same);
                     assert!(
                         e <= bound,
@@ -363,10 +345,7 @@ mod gpu {
                 let mut mats = Vec::new();
                 for &r in &rows {
                     let wf = rng.vec(r * cols, 0.05);
-                    let mut data = vec![0u8; ty.row_bytes(cols).unwrap() * r];
-                    cheems_formats::blocks::quantize_row(ty, &wf, &mut data).unwrap();
-                    let mut deq = vec![0f32; r * cols];
-                    cheems_formats::blocks::dequantize_row(ty, &data, &mut deq).unwrap();
+                    let (data, deq) = typed_matrix(ty, &wf, cols);
                     let bias = with_bias.then(|| rng.vec(r, 0.5));
                     mats.push((r, data, deq, bias));
                 }
