@@ -94,15 +94,23 @@ impl Ops {
             };
             mats.push((gm, y, bp));
         }
-        let xp = self.pool_upload(&mut pool, x)?;
-        let q = pool.zeros(&self.gpu, x.len().div_ceil(32) * 32)?;
-        let d = pool.zeros(&self.gpu, x.len().div_ceil(32) * 8)?;
+        let (xp, act) = self.activation(&mut pool, x)?;
         self.gpu.stream.synchronize()?;
         let refs: Vec<_> = mats.iter().map(|(g, y, b)| (g, *y, *b)).collect();
-        launch_products_at(&self.gpu, &self.stream, &refs, xp, n, (q, d), true, mma_min)?;
+        launch_products_at(&self.gpu, &self.stream, &refs, xp, n, act, true, mma_min)?;
         mats.iter()
             .map(|(g, y, _)| self.down(*y, n * g.rows))
             .collect()
+    }
+
+    /// `x` on the device, and room for its int8 blocks (`[q | d]`: 32 quants and two floats of
+    /// scale per block of 32, see `quantize_q8`) for the product kernels.
+    fn activation(&self, pool: &mut Pool, x: &[f32]) -> Result<(DPtr, (DPtr, DPtr))> {
+        let xp = self.pool_upload(pool, x)?;
+        let blocks = x.len().div_ceil(32);
+        let q = pool.zeros(&self.gpu, blocks * 32)?;
+        let d = pool.zeros(&self.gpu, blocks * 2 * 4)?;
+        Ok((xp, (q, d)))
     }
 
     /// Mean seconds of one product launch of `w` over the rows of `x` (the int8 blocks made
@@ -118,12 +126,10 @@ impl Ops {
         let n = x.len() / w.cols.max(1);
         let mut pool = Pool::default();
         let gm = upload_matref(&mut pool, &self.gpu, w)?;
-        let xp = self.pool_upload(&mut pool, x)?;
+        let (xp, act) = self.activation(&mut pool, x)?;
         let y = pool.zeros(&self.gpu, n * w.rows * 4)?;
-        let q = pool.zeros(&self.gpu, x.len().div_ceil(32) * 32)?;
-        let d = pool.zeros(&self.gpu, x.len().div_ceil(32) * 8)?;
         self.gpu.stream.synchronize()?;
-        let (s, act) = (&self.stream, (q, d));
+        let s = &self.stream;
         launch_products_at(&self.gpu, s, &[(&gm, y, 0)], xp, n, act, true, mma_min)?;
         s.synchronize()?;
         let t = std::time::Instant::now();
