@@ -164,7 +164,6 @@ fn quantized_logits_stay_close_to_f32() {
     }
 }
 
-/// Writes a copy of a model file with every tensor dequantized to F32 (same metadata).
 /// Fixture `name` stored as `ty`, the same file with every matrix dequantized to F32, and how
 /// many of `n_toks` tokens to compare: all, or for DMA models the keep window (until the first
 /// eviction, where a top-k choice between near-equal scores may flip).
@@ -182,6 +181,7 @@ fn typed_and_dequantized(
     (dir, q, deq, n)
 }
 
+/// Writes a copy of a model file with every tensor dequantized to F32 (same metadata).
 fn dequantized_copy(src: &Path, dst: &Path) {
     use cheems_formats::gguf::{GgufFile, GgufWriter, TensorSpec};
     let f = GgufFile::open(src).unwrap();

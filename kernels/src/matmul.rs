@@ -468,7 +468,6 @@ mod tests {
         (xs, ws)
     }
 
-    /// The rows of `wf` (`cols` values each) quantized to `ty`.
     /// The rows of `data` (`ty`, `cols` values each) dequantized by the scalar reference.
     fn dequantize_rows(ty: GgmlType, data: &[u8], cols: usize) -> Vec<f32> {
         let rb = ty.row_bytes(cols).unwrap();
@@ -490,6 +489,7 @@ mod tests {
         (dot, mag)
     }
 
+    /// The rows of `wf` (`cols` values each) quantized to `ty`.
     fn quantize_rows(ty: GgmlType, wf: &[f32], cols: usize) -> Vec<u8> {
         let rb = ty.row_bytes(cols).unwrap();
         let mut data = vec![0u8; wf.len() / cols * rb];
