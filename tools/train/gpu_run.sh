@@ -4,8 +4,11 @@
 # teacher's tokenizer folder), the gguf wheel in .dev/whl when gguf is missing.
 #   T=/root/t TEACHER_MIN=4.6 TOTAL_S=570 OUT=/some/dir bash tools/train/gpu_run.sh        # data + train (v2)
 #   T=/root/t DATA_XZ=conv.jsonl.xz TRAIN_MIN=7 OUT=/some/dir bash tools/train/gpu_run.sh    # train only
+#   T=/root/t DATA_ONLY=1 TEACHER_MIN=8.9 OUT=/some/dir bash tools/train/gpu_run.sh          # data only (v3)
 #   T=/root/t RESUME=1 TRAIN_MIN=8 OUT=/some/dir bash tools/train/gpu_run.sh               # train more
 # TOTAL_S bounds the whole script: training stops in time for the export to finish within it.
+# DATA_XZ may name several files (an xz stream split in pieces): they are joined in order.
+# DATA_ONLY=1 stops after the teacher and sends the conversations back as conv.jsonl.xz.* (<16 MB pieces).
 set -euo pipefail
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
@@ -26,7 +29,8 @@ train() {
         --out "$T/run" --minutes "${TRAIN_MIN:-60}" --until "$until" "$@" 2>&1 | grep -v -i warn
 }
 if [ -n "${DATA_XZ:-}" ]; then
-    xz -dc "$DATA_XZ" > "$T/conv.jsonl"
+    # shellcheck disable=SC2086  # DATA_XZ may be a glob of pieces
+    cat $DATA_XZ | xz -dc > "$T/conv.jsonl"
     train
 elif [ -z "${RESUME:-}" ]; then
     if [ ! -f "$T/teacher.gguf" ]; then
@@ -37,6 +41,13 @@ elif [ -z "${RESUME:-}" ]; then
     TOKENIZERS_PARALLELISM=false python3 "$here/teacher.py" --gguf "$T/teacher.gguf" --tokenizer "$T/tok" \
         --prompts "$T/prompts.jsonl" --out "$T/conv.jsonl" --minutes "${TEACHER_MIN:-4}" \
         --slots "${SLOTS:-2048}" --samples "${SAMPLES:-6}" --check 2>&1 | grep -v -i warn
+    if [ -n "${DATA_ONLY:-}" ]; then
+        xz -T0 -6 -c "$T/conv.jsonl" | split -b 15000000 - "$OUT/conv.jsonl.xz."
+        wc -l "$T/conv.jsonl"
+        ls -la "$OUT"
+        echo "gpu_run.sh (data only) done in $(( $(date +%s) - START ))s"
+        exit 0
+    fi
     train
 else
     train --resume

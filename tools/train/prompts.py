@@ -234,6 +234,82 @@ SIMPLE = [
 ]
 
 
+# v3: a second list of everyday topics (asked with the v1 templates and v2's short ones), more
+# short questions with one clear answer, and more topic pairs. Appended after v2's prompts, whose ids,
+# order and splits stay the same; topics already in TOPICS are skipped.
+TOPICS_V3 = """
+the Eiffel Tower|the Great Wall of China|the Amazon River|the Sahara|the Pacific Ocean|the human body|
+the skeleton|the lungs|the stomach|the skin|vaccines|medicine|nurses|firefighters|police officers|
+farmers|pilots|astronauts|scientists|artists|musicians|chefs|carpenters|engineers|the post office|
+banks|supermarkets|restaurants|hotels|newspapers|radio|television|cameras|telescopes|microscopes|
+satellites|the space station|the solar system|comets|asteroids|the Milky Way|tides|waves|wind|storms|
+hurricanes|tornadoes|floods|fog|frost|temperature|atoms|cells|fossils|minerals|crystals|diamonds|gold|
+iron|oil|nuclear power|engines|wheels|levers|electric cars|buses|subways|helicopters|submarines|
+hot air balloons|traffic lights|compasses|calculators|smartphones|apps|social media|online safety|
+artificial intelligence|math|multiplication|division|percentages|shapes|patterns|orchestras|drums|
+violins|jazz|rock music|opera|ballet|sculpture|architecture|pottery|knitting|sewing|origami|
+magic tricks|comics|cartoons|superheroes|dragons|the Olympics|soccer|baseball|skiing|skating|surfing|
+yoga|gymnastics|marathons|teamwork|leadership|responsibility|respect|gratitude|forgiveness|curiosity|
+creativity|imagination|confidence|stress|loneliness|boredom|laughter|manners|good habits|routines|
+weekends|mornings|bedtime|sandwiches|noodles|sushi|tacos|curry|ice cream|honey|sugar|salt|spices|
+juice|smoothies|barbecues|recipes|refrigerators|microwaves|vacuum cleaners|houseplants|cactus plants|
+roses|sunflowers|oak trees|pine trees|leaves|roots|insects|ladybugs|mosquitoes|worms|snails|crabs|
+jellyfish|seals|polar bears|giraffes|zebras|kangaroos|koalas|pandas|monkeys|parrots|eagles|pets|
+veterinarians|zoos|aquariums|national parks|road trips|passports|languages|English|Spanish|Chinese|
+sign language|letters|weddings|festivals|New Year|fireworks|parades|Halloween|summer vacation|
+school lunches|universities|job interviews|budgets|voting|laws|rules|skyscrapers|tunnels|dams|
+pyramids|temples|ancient Greece|the Vikings|the Middle Ages|inventions|the printing press|
+the telephone|the light bulb|the wheel|time zones|the equator|the North Pole|continents|oceans|
+countries|flags|maps of the world|mountains and hills|valleys|ponds|wetlands|jungles|savannas|
+glaciers|icebergs|clouds and rain|the water cycle|the food chain|habitats|endangered animals|
+nature|the environment|trash|composting|electric lights|candles|mirrors|shadows|colors|rainy days|
+snowmen|sandcastles|playgrounds|swings|bicycles and helmets|skateboards|scooters|kites and wind|
+piggy banks|allowance|chores|cleaning|laundry|cooking dinner|shopping lists|neighbors|communities|
+volunteering|charity|sharing|helping others|saying sorry|telling the truth|listening|good questions
+"""
+
+SIMPLE_V3 = [
+    "What is 6 + 7?", "What is 9 + 8?", "What is 12 - 4?", "What is 20 - 7?", "What is 4 times 5?",
+    "What is 6 times 7?", "What is 100 divided by 10?", "What is half of 20?", "What is double 8?",
+    "Is 7 an odd or even number?", "Is 10 an odd or even number?", "What number comes after 99?",
+    "How many zeros are in one thousand?", "How many cents are in a dollar?", "How many eggs are in a dozen?",
+    "How many years are in a century?", "How many legs does an insect have?", "How many legs does a dog have?",
+    "How many wings does a bird have?", "How many wheels does a bicycle have?", "How many wheels does a car have?",
+    "How many hours are in a week?", "How many days are in February?", "What season comes after summer?",
+    "What season comes before spring?", "What month comes after March?", "What day comes before Sunday?",
+    "What is the color of grass?", "What color are bananas?", "What color do you get by mixing blue and yellow?",
+    "What color do you get by mixing red and white?", "What are the three primary colors?",
+    "What is the largest bird?", "What is the smallest bird?", "Which animal is known as the king of the jungle?",
+    "Which animal has a long trunk?", "Which animal has black and white stripes?", "What do pandas eat?",
+    "What do rabbits eat?", "Where do polar bears live?", "What is a baby frog called?",
+    "What is a baby sheep called?", "What is a baby horse called?", "What do bees collect from flowers?",
+    "What is the hardest natural material?", "What metal is attracted to a magnet?",
+    "What do we use to measure temperature?", "What do we use to see things far away?",
+    "What organ pumps blood through the body?", "What organ do we use to think?",
+    "How many teeth does an adult have?", "How many bones are in the human body?",
+    "What do our lungs do?", "Why do we need to drink water?", "Why should we eat vegetables?",
+    "Why do we brush our teeth?", "What is the main ingredient in bread?", "What is cheese made from?",
+    "Where does milk come from?", "What is ice cream made of?", "What do you call a person who flies a plane?",
+    "What does a doctor do?", "What does a teacher do?", "What does a firefighter do?", "What does a farmer grow?",
+    "Who delivers letters?", "What is the capital of Australia?", "What is the capital of Canada?",
+    "What is the capital of China?", "What is the capital of Russia?", "What is the capital of Spain?",
+    "What is the capital of Germany?", "Which ocean is the largest?", "Which continent is Egypt in?",
+    "Which continent is Brazil in?", "Which country has the most people?", "What is the longest river in Africa?",
+    "Where is the Eiffel Tower?", "Where are the pyramids of Giza?", "What is the Great Wall of China?",
+    "Who painted the Mona Lisa?", "Who wrote Romeo and Juliet?", "Who invented the light bulb?",
+    "Who was the first person on the moon?", "What is the opposite of up?", "What is the opposite of wet?",
+    "What is the opposite of heavy?", "What is the opposite of happy?", "What rhymes with dog?",
+    "What rhymes with sun?", "What is the plural of goose?", "What is the plural of leaf?",
+    "What is the past tense of eat?", "What is the past tense of see?", "What letter comes after B?",
+    "How many letters are in the English alphabet?", "What is the first letter of the alphabet?",
+    "What is a vowel?", "Name three vowels.", "Name three vegetables.", "Name three sports.",
+    "Name three musical instruments.", "Name three things you find in a kitchen.", "Name three planets.",
+    "Name the days of the week.", "Name the four seasons.", "Name three kinds of weather.",
+    "Why do we wear coats in winter?", "Why do ice cubes melt?", "Why does the moon change shape?",
+    "What causes the seasons?", "What is a shadow?", "Why do stars twinkle?", "What is an echo?",
+    "What is a volcano?", "What is an island?", "What is a desert?", "What is a rainbow made of?",
+]
+
 def _items(block: str) -> list[str]:
     return [t.strip() for t in block.replace("\n", "").split("|") if t.strip()]
 
@@ -310,6 +386,34 @@ def build(seed: int, n_pairs: int) -> list[dict]:
     for p in extra:
         split = split_of(p)
         follow = rng2.choice(FOLLOWUPS) if rng2.random() < 0.1 else None
+        out.append({"id": len(out), "split": "heldout" if split == "eval" else split, "prompt": p,
+                    "followup": follow})
+    # v3 families, appended after v2's in a fixed order; "eval"-hash prompts join the held-out ones
+    extra3: list[str] = []
+
+    def add3(p: str):
+        if p not in seen2:
+            seen2.add(p)
+            extra3.append(p)
+
+    ts3 = [t for t in _items(TOPICS_V3) if t not in set(ts)]
+    for t in ts3:
+        for q in single:
+            add3(q.format(t=t))
+        for q in ("Tell me about {t} in two sentences.", "What is one fact about {t}?",
+                  "Why do people care about {t}?", "Explain {t} simply."):
+            add3(q.format(t=t))
+    for q in SIMPLE_V3:
+        add3(q)
+    rng3 = random.Random(seed + 2)
+    both = ts + ts3
+    for _ in range(n_pairs):
+        t, u = rng3.sample(both, 2)
+        add3(rng3.choice(pair).format(t=t, u=u))
+    rng3.shuffle(extra3)
+    for p in extra3:
+        split = split_of(p)
+        follow = rng3.choice(FOLLOWUPS) if rng3.random() < 0.1 else None
         out.append({"id": len(out), "split": "heldout" if split == "eval" else split, "prompt": p,
                     "followup": follow})
     # the 50 eval prompts: the first 50 of split "eval" in a fixed order
