@@ -194,6 +194,10 @@ the Wright brothers|Alexander Graham Bell|Nikola Tesla|Florence Nightingale|Aris
 PEOPLE_TEMPLATES = ["Who was {p}?", "What is {p} famous for?", "Tell me about {p}.",
                     "Why is {p} important?", "When did {p} live?"]
 
+# v2's short asks about each v1 topic (v3: about each of its topics too)
+SHORT_TOPIC_TEMPLATES = ["Tell me about {t} in two sentences.", "What is one fact about {t}?",
+                         "Why do people care about {t}?", "Explain {t} simply."]
+
 SIMPLE = [
     "What is 1 + 1?", "What is 2 + 2?", "What is 3 + 3?", "What is 5 + 5?", "What is 10 + 10?",
     "What is 2 + 3?", "What is 4 + 4?", "What is 10 - 5?", "What is 2 times 3?", "What is 3 times 3?",
@@ -353,15 +357,26 @@ def build(seed: int, n_pairs: int) -> list[dict]:
     for i, p in enumerate(prompts):
         follow = rng.choice(FOLLOWUPS) if rng.random() < 0.2 else None
         out.append({"id": i, "split": split_of(p), "prompt": p, "followup": follow})
-    # v2 families, appended in a fixed order; their "eval"-hash prompts join the held-out ones
-    extra: list[str] = []
+    # Later versions' families, each appended after the one before in a fixed order (shuffled by
+    # its own generator); their "eval"-hash prompts join the held-out ones.
     seen2 = set(seen)
+    family: list[str] = []
 
     def add2(p: str):
         if p not in seen2:
             seen2.add(p)
-            extra.append(p)
+            family.append(p)
 
+    def append_family(rng_: random.Random):
+        rng_.shuffle(family)
+        for p in family:
+            split = split_of(p)
+            follow = rng_.choice(FOLLOWUPS) if rng_.random() < 0.1 else None
+            out.append({"id": len(out), "split": "heldout" if split == "eval" else split, "prompt": p,
+                        "followup": follow})
+        family.clear()
+
+    # v2
     for pair_ in _items(CAPITALS):
         c, x = pair_.split(":")
         for q in CAPITAL_TEMPLATES:
@@ -378,44 +393,22 @@ def build(seed: int, n_pairs: int) -> list[dict]:
     for q in SIMPLE:
         add2(q)
     for t in ts:
-        for q in ("Tell me about {t} in two sentences.", "What is one fact about {t}?",
-                  "Why do people care about {t}?", "Explain {t} simply."):
+        for q in SHORT_TOPIC_TEMPLATES:
             add2(q.format(t=t))
-    rng2 = random.Random(seed + 1)
-    rng2.shuffle(extra)
-    for p in extra:
-        split = split_of(p)
-        follow = rng2.choice(FOLLOWUPS) if rng2.random() < 0.1 else None
-        out.append({"id": len(out), "split": "heldout" if split == "eval" else split, "prompt": p,
-                    "followup": follow})
-    # v3 families, appended after v2's in a fixed order; "eval"-hash prompts join the held-out ones
-    extra3: list[str] = []
-
-    def add3(p: str):
-        if p not in seen2:
-            seen2.add(p)
-            extra3.append(p)
-
+    append_family(random.Random(seed + 1))
+    # v3
     ts3 = [t for t in _items(TOPICS_V3) if t not in set(ts)]
     for t in ts3:
-        for q in single:
-            add3(q.format(t=t))
-        for q in ("Tell me about {t} in two sentences.", "What is one fact about {t}?",
-                  "Why do people care about {t}?", "Explain {t} simply."):
-            add3(q.format(t=t))
+        for q in single + SHORT_TOPIC_TEMPLATES:
+            add2(q.format(t=t))
     for q in SIMPLE_V3:
-        add3(q)
+        add2(q)
     rng3 = random.Random(seed + 2)
     both = ts + ts3
     for _ in range(n_pairs):
         t, u = rng3.sample(both, 2)
-        add3(rng3.choice(pair).format(t=t, u=u))
-    rng3.shuffle(extra3)
-    for p in extra3:
-        split = split_of(p)
-        follow = rng3.choice(FOLLOWUPS) if rng3.random() < 0.1 else None
-        out.append({"id": len(out), "split": "heldout" if split == "eval" else split, "prompt": p,
-                    "followup": follow})
+        add2(rng3.choice(pair).format(t=t, u=u))
+    append_family(rng3)
     # the 50 eval prompts: the first 50 of split "eval" in a fixed order
     n_eval = 0
     for r in out:
