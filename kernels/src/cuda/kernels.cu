@@ -2123,7 +2123,7 @@ struct SsdDecodeArgs {
     unsigned* bar;
     long long parts;
     unsigned long long* times;  // NULL, or profiling (see grid_sync)
-    long long prefetch;  // non-zero: the coming products' weights into L2 (see prefetch_rows)
+    long long prefetch;  // non-zero: coming weights and SSD states into L2 (prefetch_rows, _state)
 };
 
 // This warp's rows of W (as grid_rows assigns them) into L2, one 128-byte line per lane: issued
