@@ -16,6 +16,11 @@ Numbers (all from `cheems logits` / `cheems run`, so they describe the shipped f
   samples           10 sampled conversations (temperature 0.7, top-p 0.9, seed 1) for the model card
   simple            greedy answers to short questions with one right answer, each marked with whether
                     the prompt was in the training split (most are not: they test generalisation)
+  second_turn       a second question on another subject in the same chat: 25 pairs of eval prompts,
+                    the student's greedy answer to the first kept in the context. How often the second
+                    answer repeats the first word for word, and the teacher's score of the second answer
+                    as an answer to the second question alone (against the same score of the student's
+                    answer to it asked first)
 """
 
 from __future__ import annotations
@@ -149,6 +154,29 @@ def main():
                            "reply": generate(a.cheems, a.student, student_prompt([{"role": "user",
                                                                                   "content": p["prompt"]}]), 0.7)}
                           for p in per[:10]]
+        # a second question in the same chat
+        pairs = []
+        for i in range(0, min(len(per), 50) - 1, 2):
+            q1, q2 = per[i]["prompt"], per[i + 1]["prompt"]
+            a1, alone = per[i]["student"], per[i + 1]["student"]
+            conv = [{"role": "user", "content": q1}, {"role": "assistant", "content": a1 or "."},
+                    {"role": "user", "content": q2}]
+            a2 = generate(a.cheems, a.student, student_prompt(conv), 0.0)
+            user2 = [{"role": "user", "content": q2}]
+            s2, _ = answer_logprob(a.cheems, a.teacher, tok, teacher_prompt(user2), a2 or ".", tmp)
+            pairs.append({"first": q1, "second": q2, "first_answer": a1, "second_answer": a2,
+                          "repeats_first": a2.strip() == a1.strip(), "second_score": s2,
+                          "alone_score": per[i + 1]["student_score"]})
+        res["second_turn"] = {
+            "pairs": len(pairs),
+            "repeats_first": sum(p["repeats_first"] for p in pairs),
+            "teacher_score_second": float(np.mean([p["second_score"] for p in pairs])),
+            "teacher_score_alone": float(np.mean([p["alone_score"] for p in pairs])),
+            "rows": pairs,
+        }
+        st = res["second_turn"]
+        print(f"second turn: repeats the first answer in {st['repeats_first']}/{len(pairs)}, teacher score "
+              f"{st['teacher_score_second']:.2f} (asked alone: {st['teacher_score_alone']:.2f})", flush=True)
         from prompts import build
 
         split = {r["prompt"]: r["split"] for r in build(7, 3000)}
@@ -159,7 +187,8 @@ def main():
             print(f"  [{'trained' if r['trained'] else 'held out'}] {r['prompt']} -> {r['reply'][:100]!r}", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if k not in ("eval", "samples", "simple")}, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("eval", "samples", "simple", "second_turn")},
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ Face-style checkpoint that `cheems quantize` converts.
     python3 tools/train/train.py --data conversations.jsonl --tokenizer TOKDIR --out run/ \
         --minutes 5 [--resume] [--seed 1234]
     python3 tools/train/train.py --export run/ckpt.pt --tokenizer TOKDIR --out model/   # export only
+    python3 tools/train/train.py --init model/ --data ft.jsonl --tokenizer model/ --out ft-run/ \
+        --minutes 2 --lr 5e-4 --warmup 10                                           # fine-tune
 
 The model is `CheemsForCausalLM` of tests/fixtures/cheems_ref.py, the same PyTorch code the parity
 fixtures come from, so training and inference agree by construction (natural per-token CDMoE routing).
@@ -200,6 +202,19 @@ def export(model, tok, out: Path, dtype=torch.bfloat16, shard="15MB"):
     tc_path.write_text(json.dumps(tc, indent=2) + "\n")
 
 
+def load_exported(model, folder: Path):
+    """The weights of an `export`ed folder (its safetensors shards; the tied head has none)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight"]
+    if missing or unexpected:
+        raise SystemExit(f"{folder}: weights do not match the model: missing {missing}, unexpected {unexpected}")
+
+
 @torch.no_grad()
 def sample_replies(model, tok, prompts, device, max_new=80):
     model.eval()
@@ -238,6 +253,8 @@ def main():
     ap.add_argument("--eval-every", type=float, default=20.0, help="seconds between held-out evaluations")
     ap.add_argument("--export", type=Path, help="export this checkpoint and exit")
     ap.add_argument("--tiny", action="store_true", help="a tiny model for a CPU smoke test")
+    ap.add_argument("--init", type=Path, help="start from an exported checkpoint folder (fine-tuning)")
+    ap.add_argument("--warmup", type=float, default=60.0, help="seconds of learning-rate warm-up")
     a = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer(a.tokenizer)
@@ -251,6 +268,9 @@ def main():
         export(model, tok, a.out)
         print(f"exported {a.export} to {a.out}")
         return
+    if a.init:
+        load_exported(model, a.init)
+        print(f"initialised from {a.init}", flush=True)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters on {device}", flush=True)
@@ -282,7 +302,7 @@ def main():
         print(f"resumed at step {step} ({spent:.0f}s trained)", flush=True)
 
     def lr_at(t):
-        warm = 60.0
+        warm = a.warmup
         if t < warm and step < 200:
             return a.lr * max(t / warm, 0.02)
         frac = min(t / sched_total, 1.0)
