@@ -158,7 +158,7 @@ def main():
         pairs = []
         for i in range(0, min(len(per), 50) - 1, 2):
             q1, q2 = per[i]["prompt"], per[i + 1]["prompt"]
-            a1, alone = per[i]["student"], per[i + 1]["student"]
+            a1 = per[i]["student"]
             conv = [{"role": "user", "content": q1}, {"role": "assistant", "content": a1 or "."},
                     {"role": "user", "content": q2}]
             a2 = generate(a.cheems, a.student, student_prompt(conv), 0.0)
