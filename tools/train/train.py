@@ -5,7 +5,7 @@ Face-style checkpoint that `cheems quantize` converts.
     python3 tools/train/train.py --data conversations.jsonl --tokenizer TOKDIR --out run/ \
         --minutes 5 [--resume] [--seed 1234]
     python3 tools/train/train.py --export run/ckpt.pt --tokenizer TOKDIR --out model/   # export only
-    python3 tools/train/train.py --init model/ --data ft.jsonl --tokenizer model/ --out ft-run/ \
+    python3 tools/train/train.py --init model/ --data ft.jsonl --tokenizer TOKDIR --out ft-run/ \
         --minutes 2 --lr 5e-4 --warmup 10                                           # fine-tune
 
 The model is `CheemsForCausalLM` of tests/fixtures/cheems_ref.py, the same PyTorch code the parity
