@@ -1628,6 +1628,14 @@ __device__ __forceinline__ float conv_ch(const float* hist, const float* taps, f
     return acc;
 }
 
+// The rows [r0, r1) of a head's p that part `part` of `parts` takes (empty for the last parts when
+// parts does not divide p evenly).
+__device__ __forceinline__ void item_rows(int part, int parts, int p, int* r0, int* r1) {
+    int per = (p + parts - 1) / parts;
+    *r0 = part * per;
+    *r1 = min(p, *r0 + per);
+}
+
 // The body of ssd_fused for head h and part `part` of `parts` (also run by ssd_decode).
 // Block-uniform: every thread of the block calls it. zx is read past L1 (ld.cg): within
 // ssd_decode it was written by other blocks of the same launch.
@@ -1646,8 +1654,8 @@ __device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, in
     const float* in = zx + (long long)t * zx_stride + d_inner;  // xBC before the conv
     __shared__ float bc[512];
     __shared__ float xs[256];
-    int per = (p + parts - 1) / parts;
-    int r0 = part * per, r1 = min(p, r0 + per);
+    int r0, r1;
+    item_rows(part, parts, p, &r0, &r1);
     bool writer_bc = (h % hpg == 0) && part == 0;
     // What does not depend on the conv, loaded first so its latency overlaps the conv's: Δ's
     // input and the head's scalars, and the state of the warp's first row (n <= 256).
@@ -2143,10 +2151,9 @@ __device__ __forceinline__ void prefetch_rows(const u8* w, long long rb, int row
 // The state rows of this block's SSD items (h, part) of ssd_decode's loop, contiguous per item,
 // into L2: issued at the end of the in_proj stage, so the SSD step's first loads hit L2.
 __device__ __forceinline__ void prefetch_state(const float* ssm, int nh, int parts, int p, int n) {
-    int per = (p + parts - 1) / parts;
     for (int it = blockIdx.x; it < nh * parts; it += gridDim.x) {
-        int h = it / parts, part = it % parts;
-        int r0 = part * per, r1 = min(p, r0 + per);
+        int h = it / parts, part = it % parts, r0, r1;
+        item_rows(part, parts, p, &r0, &r1);
         const char* s = (const char*)(ssm + ((long long)h * p + r0) * n);
         long long bytes = (long long)max(r1 - r0, 0) * n * 4;
         for (long long o = threadIdx.x * 128LL; o < bytes; o += blockDim.x * 128LL)
