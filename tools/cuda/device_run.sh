@@ -4,7 +4,12 @@
 # `tests/cuda.rs` test binary as cuda-tests; the default model is read from models/, else from
 # .devbin/cheems-default.gguf). Logs and JSON go to $OUT.
 #
-#   bash tools/cuda/device_run.sh [tests] [bench] [hf]     (default: all three)
+#   bash tools/cuda/device_run.sh [tests] [bench] [hf] [graph] [fused]   (default: the first three)
+#
+# `fused`: the fused Mamba-2 decode step (mamba2-130m F16/Q8_0/Q4_0, graph replayed back to back)
+# under each of $FUSED_VARIANTS (';'-separated environments, two rounds; $FUSED_TYPES picks the
+# types), and the per-block
+# phase marks of each variant at F16 ($OUT/phases-*.txt, tools/cuda/phases.py).
 set -u
 OUT=${OUT:-/tmp/cheems-out}
 mkdir -p "$OUT"
@@ -85,4 +90,30 @@ fi
 if [[ $what == *hf* ]]; then
     echo "== transformers bf16 baseline"
     PYTHONUNBUFFERED=1 timeout 180 python3 tools/cuda/hf_baseline.py --n 128 --reps 3 --json "$OUT/hf.json" 2>&1 | grep -v Warning | tail -12
+fi
+
+if [[ $what == *fused* ]]; then
+    echo "== fused decode step, us (graph replayed 2000 times), two rounds per variant"
+    IFS=';' read -ra variants <<< "${FUSED_VARIANTS:-CHEEMS_CUDA_FUSED_STAGE=0;CHEEMS_CUDA_FUSED_STAGE=2}"
+    types=${FUSED_TYPES:-f16 q8_0 q4_0}
+    for ty in $types; do
+        $BIN/cheems synth --shape mamba2-130m --type $ty -o /tmp/m-$ty.gguf >/dev/null 2>&1
+    done
+    for round in 1 2; do
+        for v in "${variants[@]}"; do
+            for ty in $types; do
+                echo -n "round $round [$v] $ty: "
+                env $v CHEEMS_CUDA_REPLAY=2000 timeout 60 $BIN/cheems bench /tmp/m-$ty.gguf --device cuda -p 0 -n 16 -r 1 2>&1 | grep -E "replay|error" | tr '\n' ' '
+                echo
+            done
+        done
+    done
+    for i in "${!variants[@]}"; do
+        v=${variants[$i]}
+        echo "== phases [$v] f16 ($OUT/phases-$i.txt)"
+        env $v CHEEMS_CUDA_FUSED_TIMES=2 CHEEMS_CUDA_REPLAY=200 CHEEMS_CUDA_PHASES_OUT="$OUT/phases-$i.bin" \
+            timeout 60 $BIN/cheems bench /tmp/m-f16.gguf --device cuda -p 0 -n 16 -r 1 2>&1 | grep -E "replay|error"
+        python3 tools/cuda/phases.py "$OUT/phases-$i.bin" > "$OUT/phases-$i.txt" 2>&1
+        grep -E "^==|stage \(" "$OUT/phases-$i.txt" | paste - - | tr -s ' '
+    done
 fi
