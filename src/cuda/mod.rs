@@ -127,13 +127,13 @@ pub fn compile(cc: (i32, i32)) -> Result<cudarc::nvrtc::Ptx> {
     if std::env::var("CHEEMS_CUDA_LINEINFO").is_ok_and(|v| v == "1") {
         options.push("--generate-line-info".into());
     }
-    // CHEEMS_CUDA_FUSED_TIMES=2: every block of `ssd_decode` records its phases (see
+    // CHEEMS_CUDA_FUSED_TIMES=2: every block of `ssd_decode` records its stages (see
     // `report_replay`).
     if std::env::var("CHEEMS_CUDA_FUSED_TIMES").is_ok_and(|v| v == "2") {
         options.push("-DFUSED_PHASES".into());
     }
-    // CHEEMS_CUDA_DEFINES="-DNAME=V ...": the kernels' compile-time switches, for measurements
-    // (e.g. -DROW_MAP=0: the products' rows numbered block by block, as before).
+    // CHEEMS_CUDA_DEFINES="-DNAME[=V] ...": the kernels' compile-time switches, for
+    // measurements (-DSKELETON: `ssd_decode` without its weights' bytes, wrong results).
     if let Ok(defs) = std::env::var("CHEEMS_CUDA_DEFINES") {
         options.extend(defs.split_whitespace().map(String::from));
     }
@@ -1106,7 +1106,7 @@ struct Fused {
     bar: DPtr,
     /// Profiling timestamps (0 when off) and the number of barriers.
     times: (DPtr, usize),
-    /// The timestamps are every block's phases (`CHEEMS_CUDA_FUSED_TIMES=2`).
+    /// The timestamps are every block's marks (`CHEEMS_CUDA_FUSED_TIMES=2`).
     phases: bool,
     grid: usize,
     block: usize,
@@ -1118,56 +1118,6 @@ const LAYER_WORDS: usize = 19;
 
 /// Threads per block of `ssd_decode`.
 const FUSED_BLOCK: usize = 512;
-
-/// How `ssd_decode` stages the products' rows in shared memory (`stage_rows` in kernels.cu): the
-/// mode (0 none, 1 one buffer per warp, 2 two: in_proj's copied two stages ahead) and the bytes
-/// per warp of its buffers A and B. Each warp copies the first pair of its rows, so a buffer
-/// holds two rows; the copies are 16-byte, so every row and matrix must be 16-byte aligned. The
-/// largest mode whose buffers fit the multiprocessor's shared memory beside `base` bytes and the
-/// kernel's static arrays; `CHEEMS_CUDA_FUSED_STAGE=N` caps it.
-fn plan_stage(
-    w: &GpuWeights,
-    gpu: &Gpu,
-    func: &CudaFunction,
-    base: usize,
-) -> Result<(u64, usize, usize)> {
-    let cap = std::env::var("CHEEMS_CUDA_FUSED_STAGE")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(2);
-    let mut mats = vec![(w.output.ptr, w.output.row_bytes)];
-    let (mut a, mut b) = (2 * w.output.row_bytes, 0);
-    for layer in &w.layers {
-        if let GMixer::Ssd {
-            in_proj, out_proj, ..
-        } = &layer.mixer
-        {
-            mats.push((in_proj.ptr, in_proj.row_bytes));
-            mats.push((out_proj.ptr, out_proj.row_bytes));
-            a = a.max(2 * in_proj.row_bytes);
-            b = b.max(2 * out_proj.row_bytes);
-        }
-    }
-    if mats.iter().any(|&(p, rb)| p % 16 != 0 || rb % 16 != 0) {
-        return Ok((0, 0, 0));
-    }
-    let optin = gpu
-        .ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
-        as usize;
-    let fixed = func
-        .get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?
-        as usize;
-    let warps = FUSED_BLOCK / 32;
-    let fits = |bytes: usize| base + fixed + warps * bytes <= optin;
-    Ok(if cap >= 2 && fits(a + b) {
-        (2, a, b)
-    } else if cap >= 1 && fits(a.max(b)) {
-        (1, a.max(b), 0)
-    } else {
-        (0, 0, 0)
-    })
-}
 
 /// Plans `ssd_decode` for a session, or `None` when the model is not all SSD layers without a
 /// feed-forward block, or `CHEEMS_CUDA_FUSED=0`. `CHEEMS_CUDA_FUSED_BPS` sets the blocks per
@@ -1252,15 +1202,15 @@ fn plan_fused_or_why(
     let (d, di) = (c.d_model, sc.d_inner);
     let widest = d.max(di);
     // Shared memory (see the kernel): activation and norm weights, int8 blocks and their
-    // scales, every layer's 19 argument words; then the staged rows in front of them.
-    let base = 2 * widest * 4
+    // scales, every layer's 19 argument words.
+    let smem = 2 * widest * 4
         + widest.next_multiple_of(16)
         + (widest / 32 + 1) * 8
         + w.layers.len() * LAYER_WORDS * 8;
     // ssd_item's shared arrays: 2·d_state values of B and C, at most 256 rows of a head.
-    if 2 * sc.d_state > 512 || base > 48 * 1024 || sc.n_heads % sc.n_groups != 0 {
+    if 2 * sc.d_state > 512 || smem > 48 * 1024 || sc.n_heads % sc.n_groups != 0 {
         return Ok(Err(format!(
-            "the shape does not fit the kernel (d_state {}, {base} bytes of shared memory)",
+            "the shape does not fit the kernel (d_state {}, {smem} bytes of shared memory)",
             sc.d_state
         )));
     }
@@ -1268,47 +1218,6 @@ fn plan_fused_or_why(
         .funcs
         .get("ssd_decode")
         .ok_or_else(|| anyhow!("no kernel `ssd_decode`"))?;
-    // ssd_prestage's copies of a block's first SSD item (`PreItem` in kernels.cu), 16-byte
-    // aligned after the layers' words: conv taps, history and bias of its channels, its state
-    // rows, three scalars.
-    // CHEEMS_CUDA_FUSED_GRID=N: at most N blocks (for measurements).
-    let cap = std::env::var("CHEEMS_CUDA_FUSED_GRID")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(usize::MAX)
-        .max(1);
-    // The fewest blocks the launch can have (one per multiprocessor, or the cap): the most
-    // rows an item can take.
-    let grid_guess = (gpu
-        .ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
-        .max(1) as usize)
-        .min(cap);
-    let parts_guess = (grid_guess / sc.n_heads)
-        .clamp(1, sc.head_dim)
-        .max(sc.head_dim.div_ceil(256));
-    let nx = sc.head_dim.div_ceil(parts_guess);
-    let nch = 2 * sc.d_state + nx;
-    let pre_floats = nch * (2 * sc.d_conv) + nx * sc.d_state + 3;
-    let pre_bytes = 16 + (pre_floats * 4).next_multiple_of(16);
-    let pre_mode = std::env::var("CHEEMS_CUDA_FUSED_PRE")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(3)
-        & 3;
-    let base = if pre_mode & 2 != 0 {
-        base + pre_bytes
-    } else {
-        base
-    };
-    let (stage_mode, stage_a, stage_b) = plan_stage(w, gpu, func, base)?;
-    let smem = base + FUSED_BLOCK / 32 * (stage_a + stage_b);
-    if smem > 48 * 1024 {
-        func.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )?;
-    }
     let mut per_sm: i32 = 0;
     // SAFETY: `f` is a function of this context's module; the call writes one int.
     unsafe {
@@ -1333,19 +1242,25 @@ fn plan_fused_or_why(
         )));
     }
     let per_sm = per_sm.min(want.max(1));
+    // CHEEMS_CUDA_FUSED_GRID=N: at most N blocks (for measurements).
+    let cap = std::env::var("CHEEMS_CUDA_FUSED_GRID")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(usize::MAX)
+        .max(1);
     let grid = ((sms * per_sm) as usize).min(cap);
     // (head, part) items of the SSD stage: about one per block, at most 256 rows each.
     let parts = (grid / sc.n_heads)
         .clamp(1, sc.head_dim)
         .max(sc.head_dim.div_ceil(256));
     let bar = pool.zeros(gpu, 4)?;
-    // CHEEMS_CUDA_FUSED_TIMES=1: block 0's arrival and departure at every barrier (printed by
-    // `report_replay`).
+    // CHEEMS_CUDA_FUSED_TIMES=1: block 0's arrival and departure at every barrier; =2: every
+    // block's marks [barrier][block][8] (`phase_mark` in kernels.cu). `report_replay` prints
+    // or writes them.
     let n_bar = 3 * w.layers.len() + 2;
     let phases = std::env::var("CHEEMS_CUDA_FUSED_TIMES").is_ok_and(|v| v == "2");
     let times = match std::env::var("CHEEMS_CUDA_FUSED_TIMES").as_deref() {
         Ok("1") => pool.zeros(gpu, n_bar * 16)?,
-        // Every block's marks: [barrier][block][8] (phase_mark in kernels.cu).
         Ok("2") => pool.zeros(gpu, n_bar * grid * 64)?,
         _ => 0,
     };
@@ -1382,10 +1297,6 @@ fn plan_fused_or_why(
         parts as u64,
         times,
         prefetch,
-        stage_mode,
-        stage_a as u64,
-        stage_b as u64,
-        pre_mode,
     ];
     let layers_at = words.len() * 8;
     debug_assert_eq!(layers.len(), w.layers.len() * LAYER_WORDS);
@@ -1721,8 +1632,8 @@ impl GpuSession {
             .as_ref()
             .filter(|fz| fz.times.0 != 0 && fz.phases)
         {
-            // The last replay's marks of every block, raw for tools/cuda/phases.py: little-endian
-            // u64, the number of barriers and blocks, then [barrier][block][8].
+            // The last replay's marks, raw for tools/cuda/phases.py: little-endian u64, the
+            // number of barriers and of blocks, then [barrier][block][8].
             let mut t = vec![0u64; 8 * fz.times.1 * fz.grid];
             self.dtoh(&mut t, fz.times.0)?;
             let path = std::env::var("CHEEMS_CUDA_PHASES_OUT")

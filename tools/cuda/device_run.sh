@@ -94,7 +94,7 @@ fi
 
 if [[ $what == *fused* ]]; then
     echo "== fused decode step, us (graph replayed 2000 times), two rounds per variant"
-    IFS=';' read -ra variants <<< "${FUSED_VARIANTS:-CHEEMS_CUDA_FUSED_STAGE=0;CHEEMS_CUDA_FUSED_STAGE=2}"
+    IFS=';' read -ra variants <<< "${FUSED_VARIANTS:-CHEEMS_CUDA_FUSED_PREFETCH=1;CHEEMS_CUDA_DEFINES=-DSKELETON CHEEMS_CUDA_FUSED_PREFETCH=0}"
     types=${FUSED_TYPES:-f16 q8_0 q4_0}
     for ty in $types; do
         $BIN/cheems synth --shape mamba2-130m --type $ty -o /tmp/m-$ty.gguf >/dev/null 2>&1

@@ -8,8 +8,8 @@
 The file holds the number of barriers and of blocks, then, for the last replay, u64 nanoseconds
 of the global timer [barrier][block][8]: input ready, work done, arrival at the barrier,
 departure from it, and thread 0's points 4-7 (see phase_mark in kernels.cu; 0 where a stage has
-no such mark). Stage k runs from barrier k-1 to barrier k: 0 is the embedding, then per layer in_proj, SSD and
-out_proj, then the head. All times are in microseconds, means over the layers."""
+no such mark). Stage k runs from barrier k-1 to barrier k: 0 is the embedding, then per layer
+in_proj, SSD and out_proj, then the head. All times are in microseconds, means over the layers."""
 import sys
 
 import numpy as np

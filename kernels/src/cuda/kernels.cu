@@ -64,9 +64,6 @@ __device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1
 // Words (16 bytes, or a quarter of a quantized block) a lane loads from a row before using any:
 // see rowdot2.
 #define RD_K 6
-#ifndef ROW_MAP
-#define ROW_MAP 1
-#endif
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
@@ -1631,14 +1628,6 @@ __device__ __forceinline__ float conv_ch(const float* hist, const float* taps, f
     return acc;
 }
 
-// The rows [r0, r1) of a head's p that part `part` of `parts` takes (empty for the last parts when
-// parts does not divide p evenly).
-__device__ __forceinline__ void item_rows(int part, int parts, int p, int* r0, int* r1) {
-    int per = (p + parts - 1) / parts;
-    *r0 = part * per;
-    *r1 = min(p, *r0 + per);
-}
-
 __device__ __forceinline__ unsigned long long gtime() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -1650,10 +1639,12 @@ __device__ __forceinline__ unsigned long long gtime() {
 __shared__ unsigned long long* ph_rec;
 #endif
 
-// Profiling (compiled with FUSED_PHASES): mark j of the block's current stage. 0: its input is
-// in shared memory, 1: its work is done (both when every thread has got there), 2 and 3: the
-// barrier's arrival and departure (grid_sync), 4-7: when thread 0 gets to a point (the stage's
-// loads returned, a product's staged rows ready, its dot products and its stores done).
+// Profiling (compiled with FUSED_PHASES, CHEEMS_CUDA_FUSED_TIMES=2): mark j of ssd_decode's
+// current stage. 0: its input is in shared memory, 1: its work is done (both when every thread
+// has got there), 2 and 3: the barrier's arrival and departure (grid_sync), 4-7: when thread 0
+// gets to a point (4: the stage's first loads returned; in the products 5: before its first
+// dot products, 6: after them, 7: after their stores; in the SSD step 5: B, C and x after the
+// conv, 6: the state rows done). tools/cuda/phases.py reads them.
 __device__ __forceinline__ void phase_mark(int j, bool all = true) {
 #ifdef FUSED_PHASES
     if (all) __syncthreads();
@@ -1661,81 +1652,22 @@ __device__ __forceinline__ void phase_mark(int j, bool all = true) {
 #endif
 }
 
-// Channel k of an item of head h, group g, rows [r0, ..): B (k < n), C (k < 2n), then its x rows.
-__device__ __forceinline__ int item_ch(int k, int n, int h, int p, int r0, int g, int n_groups,
-                                       int d_inner) {
-    return k >= 2 * n ? h * p + r0 + (k - 2 * n)
-                      : d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n));
-}
-
-// Where ssd_prestage puts an item's inputs in shared memory (offsets in floats), for nch
-// channels and nx rows: per channel the conv taps (dconv), then per channel the history
-// (dconv - 1), then per channel the conv bias; the state rows [nx][n]; Δ's bias, A and D.
-struct PreItem {
-    int hist, cb, st, sc, total;
-};
-__device__ __forceinline__ PreItem pre_item(int nch, int dconv, int nx, int n) {
-    PreItem P;
-    P.hist = nch * dconv;
-    P.cb = P.hist + nch * (dconv - 1);
-    P.st = P.cb + nch;
-    P.sc = P.st + nx * n;
-    P.total = P.sc + 3;
-    return P;
-}
-
-// ssd_decode: copies what the SSD step of item (h, part) reads that the stage before does not
-// write (conv taps, bias and history, the state rows, the head's scalars) into `pre` with
-// cp.async (4 bytes each, past registers), a stage or two ahead, so the step after the barrier
-// only waits for in_proj's outputs. One commit group; ssd_item waits for it.
-__device__ void ssd_prestage(int h, int nh, int part, int parts, const float* conv,
-                             const float* cw, const float* cb, const float* dt_bias,
-                             const float* a, const float* dskip, const float* ssm, int p, int n,
-                             int n_groups, int d_inner, int dconv, const int* step, float* pre) {
-    int g = h / (nh / n_groups);
-    int cd = d_inner + 2 * n_groups * n, w1 = dconv - 1;
-    const float* hold = conv + (long long)(step[1] & 1) * cd * w1;
-    int r0, r1;
-    item_rows(part, parts, p, &r0, &r1);
-    int nx = max(r1 - r0, 0), nch = 2 * n + nx;
-    PreItem P = pre_item(nch, dconv, nx, n);
-    unsigned sb = (unsigned)__cvta_generic_to_shared(pre);
-    for (int i = threadIdx.x; i < P.total; i += blockDim.x) {
-        const float* src;
-        if (i < P.hist) {
-            src = cw + (long long)item_ch(i / dconv, n, h, p, r0, g, n_groups, d_inner) * dconv +
-                  i % dconv;
-        } else if (i < P.cb) {
-            int j = i - P.hist;
-            src = hold + (long long)item_ch(j / w1, n, h, p, r0, g, n_groups, d_inner) * w1 +
-                  j % w1;
-        } else if (i < P.st) {
-            if (!cb) {
-                pre[i] = 0.0f;
-                continue;
-            }
-            src = cb + item_ch(i - P.cb, n, h, p, r0, g, n_groups, d_inner);
-        } else if (i < P.sc) {
-            src = ssm + ((long long)h * p + r0) * n + (i - P.st);
-        } else {
-            int j = i - P.sc;
-            src = (j == 0 ? dt_bias : j == 1 ? a : dskip) + h;
-        }
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(sb + 4u * i), "l"(src)
-                     : "memory");
-    }
-    asm volatile("cp.async.commit_group;" ::: "memory");
+// The rows [r0, r1) of a head's p that part `part` of `parts` takes (empty for the last parts when
+// parts does not divide p evenly).
+__device__ __forceinline__ void item_rows(int part, int parts, int p, int* r0, int* r1) {
+    int per = (p + parts - 1) / parts;
+    *r0 = part * per;
+    *r1 = min(p, *r0 + per);
 }
 
 // The body of ssd_fused for head h and part `part` of `parts` (also run by ssd_decode).
 // Block-uniform: every thread of the block calls it. zx is read past L1 (ld.cg): within
-// ssd_decode it was written by other blocks of the same launch. `pre`: the item's inputs
-// staged by ssd_prestage (ssd_decode), else NULL (read from global memory).
+// ssd_decode it was written by other blocks of the same launch.
 __device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, int zx_stride,
                          float* conv, const float* cw, const float* cb, const float* inv_freq,
                          const float* dt_bias, const float* a, const float* dskip, float* ssm,
                          float* y, int p, int n, int n_groups, int d_inner, int dconv, int t,
-                         const int* step, const float* pre = 0) {
+                         const int* step) {
     int hpg = nh / n_groups;
     int g = h / hpg;
     int cd = d_inner + 2 * n_groups * n;
@@ -1749,77 +1681,53 @@ __device__ void ssd_item(int h, int nh, int part, int parts, const float* zx, in
     int r0, r1;
     item_rows(part, parts, p, &r0, &r1);
     bool writer_bc = (h % hpg == 0) && part == 0;
+    // What does not depend on the conv, loaded first so its latency overlaps the conv's: Δ's
+    // input and the head's scalars, and the state of the warp's first row (n <= 256). Δ's
+    // input is one load per block, read after the conv's __syncthreads (loaded by each of 512
+    // threads, it made every block ask one L2 line 16 times, 1,920 requests per stage).
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     int i_first = r0 + (threadIdx.x >> 5);
-    int nx = max(r1 - r0, 0);
-    float dt_in = __ldcg(zx + (long long)t * zx_stride + d_inner + cd + h);
-    float f_first = rope_freq(inv_freq, n);
-    float dt_b, a_h, d_h;
+    __shared__ float dt_sh;
+    if (threadIdx.x == 0) dt_sh = __ldcg(zx + (long long)t * zx_stride + d_inner + cd + h);
+    float dt_b = dt_bias[h], a_h = a[h], d_h = dskip[h];
     float s_first[8];
-    PreItem P = pre_item(2 * n + nx, dconv, nx, n);
-    if (pre) {
-        // The thread's first conv input is loaded before waiting for the staged copies.
-        int k0 = threadIdx.x;
-        float cur0 = k0 < 2 * n + nx ? __ldcg(in + item_ch(k0, n, h, p, r0, g, n_groups, d_inner))
-                                     : 0.0f;
-        asm volatile("cp.async.wait_all;" ::: "memory");
-        __syncthreads();
-        phase_mark(4, false);
-        dt_b = pre[P.sc];
-        a_h = pre[P.sc + 1];
-        d_h = pre[P.sc + 2];
-        for (int k = k0; k < 2 * n + nx; k += blockDim.x) {
-            bool is_bc = k < 2 * n;
-            int ch = item_ch(k, n, h, p, r0, g, n_groups, d_inner);
-            float cur = k == k0 ? cur0 : __ldcg(in + ch);
-            float v = conv_ch(pre + P.hist + k * w1, pre + k * dconv, pre[P.cb + k], cur, w1,
-                              !is_bc || writer_bc ? hnew + (long long)ch * w1 : nullptr);
-            if (is_bc) bc[k] = silu(v);
-            else xs[k - 2 * n] = silu(v);
-        }
-    } else {
-        // What does not depend on the conv, loaded first so its latency overlaps the conv's:
-        // Δ's input and the head's scalars, and the state of the warp's first row (n <= 256).
-        dt_b = dt_bias[h];
-        a_h = a[h];
-        d_h = dskip[h];
-        {
-            // Clamped (see rowdot2): a part without rows, or lanes past n, load a row's last
-            // value.
-            const float* st = ssm + ((long long)h * p + max(min(i_first, r1 - 1), 0)) * n;
+    {
+        // Clamped (see rowdot2): a part without rows, or lanes past n, load a row's last value.
+        const float* st = ssm + ((long long)h * p + max(min(i_first, r1 - 1), 0)) * n;
 #pragma unroll
-            for (int kk = 0; kk < 8; kk++) s_first[kk] = st[min(lane + 32 * kk, n - 1)];
-        }
-        // B then C of group g (2n channels), then the head's x channels of rows r0..r1: one
-        // pass, so every thread's loads go out together.
-        for (int k = threadIdx.x; k < 2 * n + nx; k += blockDim.x) {
-            bool is_bc = k < 2 * n;
-            int ch = item_ch(k, n, h, p, r0, g, n_groups, d_inner);
-            float cur = __ldcg(in + ch);
-            float v = conv_ch(hold + (long long)ch * w1, cw + (long long)ch * dconv,
-                              cb ? cb[ch] : 0.0f, cur, w1,
-                              !is_bc || writer_bc ? hnew + (long long)ch * w1 : nullptr);
-            if (is_bc) bc[k] = silu(v);
-            else xs[k - 2 * n] = silu(v);
-        }
+        for (int kk = 0; kk < 8; kk++) s_first[kk] = st[min(lane + 32 * kk, n - 1)];
     }
+    float f_first = rope_freq(inv_freq, n);
+    // B then C of group g (2n channels), then the head's x channels of rows r0..r1: one pass,
+    // so every thread's loads go out together.
+    int nx = max(r1 - r0, 0);
+    for (int k = threadIdx.x; k < 2 * n + nx; k += blockDim.x) {
+        bool is_bc = k < 2 * n;
+        int ch = !is_bc ? h * p + r0 + (k - 2 * n)
+                 : d_inner + (k < n ? g * n + k : n_groups * n + g * n + (k - n));
+        float cur = __ldcg(in + ch);
+        float v = conv_ch(hold + (long long)ch * w1, cw + (long long)ch * dconv,
+                          cb ? cb[ch] : 0.0f, cur, w1,
+                          !is_bc || writer_bc ? hnew + (long long)ch * w1 : nullptr);
+        if (is_bc) bc[k] = silu(v);
+        else xs[k - 2 * n] = silu(v);
+    }
+    phase_mark(4, false);
     __syncthreads();
     phase_mark(5, false);
     if (inv_freq) rope_bc(bc, n, pos, inv_freq, f_first);
-    float dt = softplus(dt_in + dt_b);
+    float dt = softplus(dt_sh + dt_b);
     float da = expf(dt * a_h);
     for (int i = i_first; i < r1; i += nw) {
         float xi = xs[i - r0];
         float dtx = dt * xi;
         float* st = ssm + ((long long)h * p + i) * n;
-        const float* sp = pre + P.st + (i - r0) * n;
         float acc = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             int k = lane + 32 * kk;
             if (k < n) {
-                float old = pre ? sp[k] : i == i_first ? s_first[kk] : st[k];
-                float sv = old * da + dtx * bc[k];
+                float sv = (i == i_first ? s_first[kk] : st[k]) * da + dtx * bc[k];
                 st[k] = sv;
                 acc += sv * bc[n + k];
             }
@@ -2258,44 +2166,22 @@ struct SsdDecodeArgs {
     long long parts;
     unsigned long long* times;  // NULL, or profiling (see grid_sync)
     long long prefetch;  // non-zero: coming weights and SSD states into L2 (prefetch_rows, _state)
-    // Rows staged in shared memory by stage_rows (0: none; 1: one buffer per warp, each
-    // product's rows copied in the stage before it; 2: in_proj's and the head's rows in buffer
-    // A, out_proj's in B, and in_proj's copied two stages ahead), and the bytes per warp of A
-    // and B (B: 0 unless mode 2).
-    long long stage_mode, stage_a, stage_b;
-    // Inputs copied into shared memory a stage or more ahead (cp.async): bit 0 the norms'
-    // weights (stage_vec), bit 1 the SSD step's (ssd_prestage).
-    long long pre;
 };
-
-// n floats of src into shared dst with cp.async (4 bytes each): one commit group.
-__device__ __forceinline__ void stage_vec(const float* src, int n, float* dst) {
-    unsigned sb = (unsigned)__cvta_generic_to_shared(dst);
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(sb + 4u * j), "l"(src + j)
-                     : "memory");
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
 
 // The grid's warps in the products' order: warp w of block b is number w·gridDim.x + b, so
 // consecutive rows go to different blocks and every block gets the same share of a product's
 // rows (numbered b·warps + w, a block took 16 consecutive rows: out_proj's 768 rows went to 48
-// of 132 blocks, in_proj's 3352 gave 78 blocks 32 rows and the rest 16).
+// of 132 blocks, and in_proj's 3352 gave 78 blocks 32 rows and the others 16).
 __device__ __forceinline__ int grid_warp() {
-#if ROW_MAP == 0
-    return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-#else
     return (threadIdx.x >> 5) * gridDim.x + blockIdx.x;
-#endif
 }
 
 // This warp's rows of W (as grid_rows assigns them) into L2, one 128-byte line per lane: issued
-// a stage or two before the rows are read, so their DRAM latency overlaps other work. `staged`:
-// not the first pair, which stage_rows copies.
-__device__ __forceinline__ void prefetch_rows(const u8* w, long long rb, int rows, bool staged) {
+// a stage or two before the rows are read, so their DRAM latency overlaps other work.
+__device__ __forceinline__ void prefetch_rows(const u8* w, long long rb, int rows) {
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     int gw = grid_warp(), tw = gridDim.x * nw;
-    for (int r = gw + (staged ? 2 * tw : 0); r < rows; r += tw) {
+    for (int r = gw; r < rows; r += tw) {
         const u8* row = w + (long long)r * rb;
         for (long long o = lane * 128; o < rb; o += 32 * 128)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(row + o));
@@ -2342,9 +2228,6 @@ __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned* target,
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
             if (v >= *target) break;
             if (++spins > (1u << 26)) asm volatile("trap;");
-#ifdef POLL_SLEEP
-            __nanosleep(POLL_SLEEP);
-#endif
         }
 #ifdef FUSED_PHASES
         if (times) {
@@ -2356,27 +2239,6 @@ __device__ __forceinline__ void grid_sync(unsigned* bar, unsigned* target,
 #endif
     }
     __syncthreads();
-}
-
-// This warp's first pair of rows of W, as grid_rows_t takes them (rows r and r + the grid's
-// warps), into its shared buffer `buf` (the second at buf + rb) with cp.async, 16 bytes per lane
-// per copy, past L1: issued before a grid barrier, the copy lands while the barrier waits, and
-// grid_rows_t reads the rows from shared memory. One commit group per call, empty when the warp
-// has no rows, so every warp counts the same groups. rb a multiple of 16 and W 16-byte aligned
-// (the host checks).
-__device__ __forceinline__ void stage_rows(const u8* w, long long rb, int rows, u8* buf) {
-    int lane = threadIdx.x & 31, tw = gridDim.x * (blockDim.x >> 5);
-    int r = grid_warp();
-    unsigned sb = (unsigned)__cvta_generic_to_shared(buf);
-    for (int k = 0; k < 2; k++, r += tw) {
-        if (r >= rows) break;
-        const u8* a = w + (long long)r * rb;
-        for (long long o = lane * 16; o < rb; o += 32 * 16)
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sb + (unsigned)(k * rb + o)),
-                         "l"(a + o)
-                         : "memory");
-    }
-    asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
 __device__ __forceinline__ bool is_quant(int ty) { return ty != T_F32 && ty != T_F16 && ty != T_BF16; }
@@ -2494,17 +2356,29 @@ __device__ __forceinline__ void put_row(int r, float acc, const float* bias, flo
     }
 }
 
+// An RMSNorm folded into the product after it (see fold_norm): the warps' shares of Σx² in
+// red[0..warps), the norm's width and ε. red NULL: none.
+struct Fold {
+    const float* red;
+    float n, eps;
+};
+
 // Rows of W (one warp each, strided over every warp of the grid, two rows in flight per warp)
 // times the activation in shared memory: out[r] = W[r]·x + bias[r], or with resid,
-// resid[r] = (scale ⊙ resid)[r] + W[r]·x + bias[r]. `staged`: the warp's first pair is in
-// shared memory there (stage_rows); `pend`: commit groups of stage_rows issued after that pair's
-// that may stay in flight (0 or 1).
+// resid[r] = (scale ⊙ resid)[r] + W[r]·x + bias[r]. With a fold, x is the norm's input times
+// its weight and each product is scaled by the norm's 1/rms before the bias.
 template <int T>
 __device__ void grid_rows_t(const u8* w, long long rb, int rows, int cols, const float* xs,
                             const signed char* q, const float* ds, const float* bias, float* out,
-                            float* resid, const float* scale, const u8* staged, int pend) {
+                            float* resid, const float* scale, Fold fold) {
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     int gw = grid_warp(), tw = gridDim.x * nw;
+    float inv = 1.0f;
+    if (fold.red) {
+        // The sum in block_sum's order, so 1/rms is the one smem_rmsnorm computes.
+        float ss = warp_sum(lane < nw ? fold.red[lane] : 0.0f) / fold.n;
+        inv = 1.0f / sqrtf(ss + fold.eps);
+    }
     for (int r = gw; r < rows; r += 2 * tw) {
         int r2 = r + tw;
         // The residual's old values are loaded first: their latency overlaps the products'.
@@ -2514,25 +2388,18 @@ __device__ void grid_rows_t(const u8* w, long long rb, int rows, int cols, const
             if (r2 < rows) o1 = __ldcg(resid + r2);
         }
         // Without a second row, the first is read twice (from cache) and a1 is not used.
+        if (r == gw) phase_mark(5, false);
         const u8* w0 = w + (long long)r * rb;
         const u8* w1 = w + (long long)(r2 < rows ? r2 : r) * rb;
-        if (staged && r == gw) {
-            if (pend) asm volatile("cp.async.wait_group 1;" ::: "memory");
-            else asm volatile("cp.async.wait_group 0;" ::: "memory");
-            __syncwarp();
-            w0 = staged;
-            w1 = r2 < rows ? staged + rb : staged;
-        }
-        if (r == gw) phase_mark(5, false);
 #ifdef SKELETON
-        // Measurements only (wrong results): the products read the activation in shared
-        // memory instead of the weights, so a step does every stage without the weights' bytes.
+        // Measurements only, wrong results: the products read the activation in shared memory
+        // instead of the weights, so a step runs every stage without the weights' bytes.
         w0 = w1 = (const u8*)xs;
 #endif
         float a0, a1;
         rowdot2<T>(w0, w1, xs, q, ds, cols, lane, &a0, &a1);
-        a0 = warp_sum(a0);
-        a1 = warp_sum(a1);
+        a0 = warp_sum(a0) * inv;
+        a1 = warp_sum(a1) * inv;
         if (r == gw) phase_mark(6, false);
         if (lane == 0) {
             put_row(r, a0, bias, out, resid, scale, o0);
@@ -2544,9 +2411,9 @@ __device__ void grid_rows_t(const u8* w, long long rb, int rows, int cols, const
 
 __device__ void grid_rows(int ty, const u8* w, long long rb, int rows, int cols, const float* xs,
                           const signed char* q, const float* ds, const float* bias, float* out,
-                          float* resid, const float* scale, const u8* staged = 0, int pend = 0) {
+                          float* resid, const float* scale, Fold fold = Fold{0, 0.0f, 0.0f}) {
     __syncthreads();
-#define GR(T) grid_rows_t<T>(w, rb, rows, cols, xs, q, ds, bias, out, resid, scale, staged, pend)
+#define GR(T) grid_rows_t<T>(w, rb, rows, cols, xs, q, ds, bias, out, resid, scale, fold)
     switch (ty) {
     case T_F32: GR(T_F32); break;
     case T_F16: GR(T_F16); break;
@@ -2563,32 +2430,58 @@ __device__ void grid_rows(int ty, const u8* w, long long rb, int rows, int cols,
 #undef GR
 }
 
-// xs = RMSNorm(x) ⊙ w (x read past L1; w staged in ws with x, one round trip, or with `pre`
-// already copied there by stage_vec), and its int8 blocks for a quantized product.
+// Whether the RMSNorm in front of a product of type ty is folded into it: for float weights,
+// the activation stays x ⊙ w and the product is scaled by 1/rms (grid_rows_t), so the block
+// does not wait for its reduction of Σx² (three __syncthreads) and a pass over x before the
+// products; the only barrier left is the one that publishes x ⊙ w. Int8 activations are
+// quantized from the normalized values, as on the CPU, so quantized products keep the norm.
+__device__ __forceinline__ bool fold_norm(int ty) {
+#ifdef NO_FOLD
+    return false;  // measurements: the norms as before the fold
+#else
+    return !is_quant(ty);
+#endif
+}
+
+// xs = RMSNorm(x) ⊙ w (x read past L1; w staged in ws with x, one round trip), and its int8
+// blocks for a quantized product. When fold_norm(ty): xs = x ⊙ w and the warps' shares of Σx²
+// in red (see Fold).
 __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, int ty, float* xs,
-                             float* ws, signed char* q, float* ds, bool pre = false) {
+                             float* ws, signed char* q, float* ds, float* red) {
+    bool fold = fold_norm(ty);
     float ss = 0.0f;
     for (int j0 = threadIdx.x; j0 < d; j0 += 4 * blockDim.x) {
-        // Four per thread loaded at once (addresses clamped, see rowdot2): one round trip.
+        // Four per thread loaded at once, one round trip; lanes past d load nothing. (Clamped to
+        // the last element instead, as rowdot2 does within a row, the spare lanes of every block
+        // asked one L2 line for the same word: 32 requests per block, 4,224 per stage, which
+        // that line's slice answers one by one.)
         float v[4], wv[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int j = min(j0 + k * (int)blockDim.x, d - 1);
-            v[k] = __ldcg(x + j);
-            if (!pre) wv[k] = w[j];
+            int j = j0 + k * (int)blockDim.x;
+            v[k] = j < d ? __ldcg(x + j) : 0.0f;
+            wv[k] = j < d ? w[j] : 0.0f;
         }
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             int j = j0 + k * (int)blockDim.x;
             if (j < d) {
-                if (!pre) ws[j] = wv[k];
-                xs[j] = v[k];
+                if (fold) {
+                    xs[j] = wv[k] * v[k];
+                } else {
+                    ws[j] = wv[k];
+                    xs[j] = v[k];
+                }
                 ss += v[k] * v[k];
             }
         }
     }
-    if (pre) asm volatile("cp.async.wait_all;" ::: "memory");
     phase_mark(4, false);
+    if (fold) {
+        ss = warp_sum(ss);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+        return;
+    }
     ss = block_sum(ss) / (float)d;
     float inv = 1.0f / sqrtf(ss + eps);
     for (int j = threadIdx.x; j < d; j += blockDim.x) xs[j] = ws[j] * (xs[j] * inv);
@@ -2600,24 +2493,20 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
     const SsdDecodeArgs A = *pa;
     int d = (int)A.d_model, di = (int)A.d_inner;
     int widest = d > di ? d : di;
-    // Shared: every warp's staged rows (buffers A, then B), then the activation, norm weights,
-    // int8 blocks and scales, every layer's arguments.
-    int nw = blockDim.x >> 5, wid = threadIdx.x >> 5, mode = (int)A.stage_mode;
-    u8* sa = mode ? (u8*)smem + wid * A.stage_a : 0;
-    u8* sb = mode == 2 ? (u8*)smem + nw * A.stage_a + wid * A.stage_b : sa;
-    float* xs = (float*)((u8*)smem + nw * (A.stage_a + A.stage_b));
-    float* ws = xs + widest;
-    signed char* q = (signed char*)(xs + 2 * widest);
+    // Shared: activation, norm weights, int8 blocks and scales, every layer's arguments.
+    float* xs = smem;
+    float* ws = smem + widest;
+    signed char* q = (signed char*)(smem + 2 * widest);
     float* ds = (float*)(q + ((widest + 15) & ~15));
     SsdLayerArgs* layers = (SsdLayerArgs*)(ds + 2 * (widest / 32 + 1));
-    // ssd_prestage's copies of the block's first SSD item, 16-byte aligned after the layers.
-    float* pre_ssd = (float*)(((unsigned long long)(layers + A.n_layers) + 15) & ~15ull);
     {
         const long long* from = (const long long*)A.layers;
         long long* to = (long long*)layers;
         int words = (int)A.n_layers * (int)(sizeof(SsdLayerArgs) / 8);
         for (int i = threadIdx.x; i < words; i += blockDim.x) to[i] = from[i];
     }
+    // The warps' shares of Σx² of a norm folded into its product (Fold).
+    __shared__ float red[32];
     unsigned target = 0;
 #ifdef FUSED_PHASES
     if (threadIdx.x == 0) ph_rec = A.times ? A.times + 8 * blockIdx.x : 0;
@@ -2628,99 +2517,89 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
             A.x[j] = dq((int)A.emb_ty, row, j);
     }
-    int p = (int)A.head_dim, n = (int)A.d_state, ng = (int)A.n_groups, nh = (int)A.n_heads;
-    int parts = (int)A.parts, rows = (int)A.in_rows, nl = (int)A.n_layers;
-    bool st = mode != 0, pn = A.pre & 1;
-    bool ps = (A.pre & 2) && (int)blockIdx.x < nh * parts;
-    int it0 = blockIdx.x;
-    // The SSD step's inputs of layer l for the block's first item (the layers' arguments from
-    // shared memory, except before the first barrier).
-#define PRESTAGE(LA)                                                                           \
-    ssd_prestage(it0 / parts, nh, it0 % parts, parts, (LA).conv, (LA).conv_w, (LA).conv_b,     \
-                 (LA).dt_bias, (LA).a, (LA).dskip, (LA).ssm, p, n, ng, di, (int)A.d_conv,      \
-                 A.step, pre_ssd)
-    if (pn) stage_vec(A.layers[0].norm, d, ws);
-    if (ps) PRESTAGE(A.layers[0]);
-    if (st) stage_rows(A.layers[0].in_w, A.layers[0].in_rb, rows, sa);
-    if (A.prefetch) prefetch_rows(A.layers[0].in_w, A.layers[0].in_rb, rows, st);
     grid_sync(A.bar, &target, A.times);
-    for (int l = 0; l < nl; l++) {
+    int p = (int)A.head_dim, n = (int)A.d_state, ng = (int)A.n_groups, nh = (int)A.n_heads;
+    int parts = (int)A.parts, rows = (int)A.in_rows;
+    if (A.prefetch) prefetch_rows(A.layers[0].in_w, A.layers[0].in_rb, rows);
+    for (int l = 0; l < (int)A.n_layers; l++) {
         const SsdLayerArgs& L = layers[l];
-        smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, pn);
+        smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, red);
         phase_mark(0);
-        grid_rows((int)L.in_ty, L.in_w, L.in_rb, rows, d, xs, q, ds, L.in_b, A.zx, 0, 0, sa, 0);
+        grid_rows((int)L.in_ty, L.in_w, L.in_rb, rows, d, xs, q, ds, L.in_b, A.zx, 0, 0,
+                  fold_norm((int)L.in_ty) ? Fold{red, (float)d, A.eps} : Fold{0, 0.0f, 0.0f});
         phase_mark(1);
         // Each prefetch is issued at the end of the stage before its reader, while the barrier
         // waits: issued at the start of the SSD step, 7.5 MB of product rows queued in front of
         // the step's own reads and slowed it from 3.9 to 5.3 us.
-        if (pn) stage_vec(L.gnorm, di, ws);
-        if (A.prefetch && !(A.pre & 2)) prefetch_state(L.ssm, nh, parts, p, n);
+        if (A.prefetch) prefetch_state(L.ssm, nh, parts, p, n);
         grid_sync(A.bar, &target, A.times);
         for (int it = blockIdx.x; it < nh * parts; it += gridDim.x) {
             ssd_item(it / parts, nh, it % parts, parts, A.zx, rows, L.conv, L.conv_w, L.conv_b,
                      L.inv_freq, L.dt_bias, L.a, L.dskip, L.ssm, A.y, p, n, ng, di,
-                     (int)A.d_conv, 0, A.step, ps && it == it0 ? pre_ssd : 0);
+                     (int)A.d_conv, 0, A.step);
             __syncthreads();
         }
         phase_mark(1);
-        // The coming rows: out_proj's, and in mode 2 the next in_proj's (or the head's) too.
-        bool last = l + 1 == nl;
-        const u8* nx_w = last ? A.out_w : layers[l + 1].in_w;
-        long long nx_rb = last ? A.out_rb : layers[l + 1].in_rb;
-        int nx_rows = last ? (int)A.vocab : rows;
-        if (st) stage_rows(L.out_w, L.out_rb, d, sb);
-        if (mode == 2) stage_rows(nx_w, nx_rb, nx_rows, sa);
-        if (A.prefetch) prefetch_rows(L.out_w, L.out_rb, d, st);
+        if (A.prefetch) prefetch_rows(L.out_w, L.out_rb, d);
         grid_sync(A.bar, &target, A.times);
-        // Gated RMSNorm per group of y ⊙ silu(z) (as gate_norm), then out_proj into x.
+        // Gated RMSNorm per group of y ⊙ silu(z) (as gate_norm), then out_proj into x; with
+        // one group and float weights, folded into out_proj (see fold_norm).
         int gs = di / ng;
+        bool fold = ng == 1 && fold_norm((int)L.out_ty);
         for (int g = 0; g < ng; g++) {
             float ss = 0.0f;
             int g1 = (g + 1) * gs;
             for (int j0 = g * gs + threadIdx.x; j0 < g1; j0 += 4 * blockDim.x) {
-                // Four per thread loaded at once (addresses clamped, see rowdot2).
+                // Four per thread loaded at once; lanes past the group load nothing (see
+                // smem_rmsnorm).
                 float yv[4], zv[4], wv[4];
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    int j = min(j0 + k * (int)blockDim.x, g1 - 1);
-                    yv[k] = __ldcg(A.y + j);
-                    zv[k] = __ldcg(A.zx + j);
-                    if (!pn) wv[k] = L.gnorm[j];
+                    int j = j0 + k * (int)blockDim.x;
+                    bool in = j < g1;
+                    yv[k] = in ? __ldcg(A.y + j) : 0.0f;
+                    zv[k] = in ? __ldcg(A.zx + j) : 0.0f;
+                    wv[k] = in ? L.gnorm[j] : 0.0f;
                 }
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
                     int j = j0 + k * (int)blockDim.x;
                     if (j < g1) {
                         float v = yv[k] * silu(zv[k]);
-                        if (!pn) ws[j] = wv[k];
-                        xs[j] = v;
+                        if (fold) {
+                            xs[j] = wv[k] * v;
+                        } else {
+                            ws[j] = wv[k];
+                            xs[j] = v;
+                        }
                         ss += v * v;
                     }
                 }
             }
-            if (pn) asm volatile("cp.async.wait_all;" ::: "memory");
             phase_mark(4, false);
+            if (fold) {
+                ss = warp_sum(ss);
+                if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+                break;
+            }
             ss = block_sum(ss) / (float)gs;
             float inv = 1.0f / sqrtf(ss + A.gnorm_eps);
             for (int j = g * gs + threadIdx.x; j < (g + 1) * gs; j += blockDim.x)
                 xs[j] = ws[j] * (xs[j] * inv);
         }
-        smem_quantize((int)L.out_ty, xs, di, q, ds);
+        if (!fold) smem_quantize((int)L.out_ty, xs, di, q, ds);
         phase_mark(0);
         grid_rows((int)L.out_ty, L.out_w, L.out_rb, d, di, xs, q, ds, L.out_b, 0, A.x,
-                  L.res_scale, sb, mode == 2);
+                  L.res_scale, fold ? Fold{red, (float)gs, A.gnorm_eps} : Fold{0, 0.0f, 0.0f});
         phase_mark(1);
-        if (pn) stage_vec(last ? A.out_norm : layers[l + 1].norm, d, ws);
-        if (ps && !last) PRESTAGE(layers[l + 1]);
-        if (mode == 1) stage_rows(nx_w, nx_rb, nx_rows, sa);
-        if (A.prefetch) prefetch_rows(nx_w, nx_rb, last ? 0 : nx_rows, st);
+        if (A.prefetch && l + 1 < (int)A.n_layers)
+            prefetch_rows(layers[l + 1].in_w, layers[l + 1].in_rb, rows);
         grid_sync(A.bar, &target, A.times);
     }
-    smem_rmsnorm(A.x, A.out_norm, A.eps, d, (int)A.out_ty, xs, ws, q, ds, pn);
+    smem_rmsnorm(A.x, A.out_norm, A.eps, d, (int)A.out_ty, xs, ws, q, ds, red);
     phase_mark(0);
     grid_rows((int)A.out_ty, A.out_w, A.out_rb, (int)A.vocab, d, xs, q, ds, 0, A.logits, 0, 0,
-              sa, 0);
+              fold_norm((int)A.out_ty) ? Fold{red, (float)d, A.eps} : Fold{0, 0.0f, 0.0f});
     phase_mark(1);
     if (A.times) grid_sync(A.bar, &target, A.times);
 }
-#undef PRESTAGE
