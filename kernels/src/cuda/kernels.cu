@@ -2387,8 +2387,8 @@ __device__ void grid_rows_t(const u8* w, long long rb, int rows, int cols, const
             o0 = __ldcg(resid + r);
             if (r2 < rows) o1 = __ldcg(resid + r2);
         }
-        // Without a second row, the first is read twice (from cache) and a1 is not used.
         if (r == gw) phase_mark(5, false);
+        // Without a second row, the first is read twice (from cache) and a1 is not used.
         const u8* w0 = w + (long long)r * rb;
         const u8* w1 = w + (long long)(r2 < rows ? r2 : r) * rb;
 #ifdef SKELETON
