@@ -42,10 +42,13 @@ for name, ks in kinds.items():
         else:
             add("work after departure (mean, max)", ((m1 - prev_dep).mean(), (m1 - prev_dep).max()))
         add("issue after work (mean, max)", ((arr - m1).mean(), (arr - m1).max()))
-        # Thread 0's own points, after the departure (0 where the stage has none).
+        # Thread 0's own points, after the departure, over the blocks that reached them (the
+        # SSD step's idle blocks have none).
         for j, f in ((4, f4), (5, f5), (6, f6), (7, f7)):
-            if f.min() > 0:
-                add(f"thread 0 at point {j} after departure (mean, max)", ((f - prev_dep).mean(), (f - prev_dep).max()))
+            got = f > 0
+            if got.any():
+                dt = f[got] - prev_dep[got]
+                add(f"thread 0 at point {j} after departure (mean, max)", (dt.mean(), dt.max()))
         add("last arrival after first departure", arr.max() - rel)
         add("arrival spread (mean, max after first arrival)", (arr.mean() - arr.min(), arr.max() - arr.min()))
         if name != "head":
