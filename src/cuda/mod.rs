@@ -1264,9 +1264,13 @@ fn plan_fused_or_why(
         Ok("2") => pool.zeros(gpu, n_bar * grid * 64)?,
         _ => 0,
     };
-    // CHEEMS_CUDA_FUSED_PREFETCH=0: no L2 prefetch of the coming weights (for measurements).
-    let prefetch =
-        u64::from(std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").map_or(true, |v| v != "0"));
+    // CHEEMS_CUDA_FUSED_PREFETCH=0: no L2 prefetch of what the coming stages read; =1: the
+    // weights and SSD states only, not the small vectors (for measurements).
+    let prefetch = match std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").as_deref() {
+        Ok("0") => 0u64,
+        Ok("1") => 1,
+        _ => 3,
+    };
     let mut words: Vec<u64> = vec![
         0, // the layers' address, set below
         w.layers.len() as u64,

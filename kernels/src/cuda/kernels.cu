@@ -2165,7 +2165,9 @@ struct SsdDecodeArgs {
     unsigned* bar;
     long long parts;
     unsigned long long* times;  // NULL, or profiling (see grid_sync)
-    long long prefetch;  // non-zero: coming weights and SSD states into L2 (prefetch_rows, _state)
+    // Bit 0: the coming weights and SSD states into L2 (prefetch_rows, _state); bit 1: the
+    // coming stage's small vectors too (prefetch_vec).
+    long long prefetch;
 };
 
 // The grid's warps in the products' order: warp w of block b is number w·gridDim.x + b, so
@@ -2201,6 +2203,18 @@ __device__ __forceinline__ void prefetch_state(const float* ssm, int nh, int par
         for (long long o = threadIdx.x * 128LL; o < bytes; o += blockDim.x * 128LL)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(s + o));
     }
+}
+
+// n floats at v into L2, shared by the grid: line i by block i mod gridDim.x (so no two blocks
+// ask for one line). For a stage's small vectors (norm weights, conv taps, history and bias,
+// the heads' scalars), which 300 MB of weights per token have pushed out of L2 since the token
+// before: every block reads them, and a miss costs its first round trip a trip to DRAM.
+__device__ __forceinline__ void prefetch_vec(const float* v, long long n) {
+    if (!v) return;
+    long long lines = (n * 4 + 127) / 128;
+    for (long long i = blockIdx.x + (long long)threadIdx.x * gridDim.x; i < lines;
+         i += (long long)blockDim.x * gridDim.x)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"((const char*)v + i * 128));
 }
 
 // Grid barrier: the count rises by gridDim.x per barrier (reset to 0 before the launch).
@@ -2520,7 +2534,24 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
     grid_sync(A.bar, &target, A.times);
     int p = (int)A.head_dim, n = (int)A.d_state, ng = (int)A.n_groups, nh = (int)A.n_heads;
     int parts = (int)A.parts, rows = (int)A.in_rows;
-    if (A.prefetch) prefetch_rows(A.layers[0].in_w, A.layers[0].in_rb, rows);
+    // A layer's small vectors, a stage or more before they are read: the norm's weights, the
+    // SSD step's taps, bias, this position's history and the heads' scalars, the gated norm's
+    // weights.
+    bool pv = A.prefetch & 2;
+    int cd = di + 2 * ng * n, w1 = (int)A.d_conv - 1;
+#define PREFETCH_VECS(LA)                                                                      \
+    do {                                                                                       \
+        prefetch_vec((LA).norm, d);                                                            \
+        prefetch_vec((LA).conv_w, (long long)cd * A.d_conv);                                   \
+        prefetch_vec((LA).conv_b, cd);                                                         \
+        prefetch_vec((LA).conv + (long long)(A.step[1] & 1) * cd * w1, (long long)cd * w1);    \
+        prefetch_vec((LA).dt_bias, nh);                                                        \
+        prefetch_vec((LA).a, nh);                                                              \
+        prefetch_vec((LA).dskip, nh);                                                          \
+        prefetch_vec((LA).gnorm, di);                                                          \
+    } while (0)
+    if (A.prefetch & 1) prefetch_rows(A.layers[0].in_w, A.layers[0].in_rb, rows);
+    if (pv) PREFETCH_VECS(A.layers[0]);
     for (int l = 0; l < (int)A.n_layers; l++) {
         const SsdLayerArgs& L = layers[l];
         smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, red);
@@ -2531,7 +2562,7 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
         // Each prefetch is issued at the end of the stage before its reader, while the barrier
         // waits: issued at the start of the SSD step, 7.5 MB of product rows queued in front of
         // the step's own reads and slowed it from 3.9 to 5.3 us.
-        if (A.prefetch) prefetch_state(L.ssm, nh, parts, p, n);
+        if (A.prefetch & 1) prefetch_state(L.ssm, nh, parts, p, n);
         grid_sync(A.bar, &target, A.times);
         for (int it = blockIdx.x; it < nh * parts; it += gridDim.x) {
             ssd_item(it / parts, nh, it % parts, parts, A.zx, rows, L.conv, L.conv_w, L.conv_b,
@@ -2540,7 +2571,7 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
             __syncthreads();
         }
         phase_mark(1);
-        if (A.prefetch) prefetch_rows(L.out_w, L.out_rb, d);
+        if (A.prefetch & 1) prefetch_rows(L.out_w, L.out_rb, d);
         grid_sync(A.bar, &target, A.times);
         // Gated RMSNorm per group of y ⊙ silu(z) (as gate_norm), then out_proj into x; with
         // one group and float weights, folded into out_proj (see fold_norm).
@@ -2592,8 +2623,10 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
         grid_rows((int)L.out_ty, L.out_w, L.out_rb, d, di, xs, q, ds, L.out_b, 0, A.x,
                   L.res_scale, fold ? Fold{red, (float)gs, A.gnorm_eps} : Fold{0, 0.0f, 0.0f});
         phase_mark(1);
-        if (A.prefetch && l + 1 < (int)A.n_layers)
+        if ((A.prefetch & 1) && l + 1 < (int)A.n_layers)
             prefetch_rows(layers[l + 1].in_w, layers[l + 1].in_rb, rows);
+        if (pv && l + 1 < (int)A.n_layers) PREFETCH_VECS(layers[l + 1]);
+        if (pv && l + 1 == (int)A.n_layers) prefetch_vec(A.out_norm, d);
         grid_sync(A.bar, &target, A.times);
     }
     smem_rmsnorm(A.x, A.out_norm, A.eps, d, (int)A.out_ty, xs, ws, q, ds, red);
@@ -2603,3 +2636,4 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
     phase_mark(1);
     if (A.times) grid_sync(A.bar, &target, A.times);
 }
+#undef PREFETCH_VECS
