@@ -2457,6 +2457,23 @@ __device__ __forceinline__ bool fold_norm(int ty) {
 #endif
 }
 
+// Element j of a norm's input v and its weight w into shared memory: folded, xs = w·v; else v in
+// xs and w in ws, for the pass that normalizes them.
+__device__ __forceinline__ void norm_put(int j, float v, float w, bool fold, float* xs, float* ws) {
+    if (fold) {
+        xs[j] = w * v;
+    } else {
+        ws[j] = w;
+        xs[j] = v;
+    }
+}
+
+// A folded norm's end: the warp's share of Σx² into red[warp] (grid_rows_t sums them).
+__device__ __forceinline__ void fold_share(float ss, float* red) {
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+}
+
 // xs = RMSNorm(x) ⊙ w (x read past L1; w staged in ws with x, one round trip), and its int8
 // blocks for a quantized product. When fold_norm(ty): xs = x ⊙ w and the warps' shares of Σx²
 // in red (see Fold).
@@ -2480,20 +2497,14 @@ __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, i
         for (int k = 0; k < 4; k++) {
             int j = j0 + k * (int)blockDim.x;
             if (j < d) {
-                if (fold) {
-                    xs[j] = wv[k] * v[k];
-                } else {
-                    ws[j] = wv[k];
-                    xs[j] = v[k];
-                }
+                norm_put(j, v[k], wv[k], fold, xs, ws);
                 ss += v[k] * v[k];
             }
         }
     }
     phase_mark(4, false);
     if (fold) {
-        ss = warp_sum(ss);
-        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+        fold_share(ss, red);
         return;
     }
     ss = block_sum(ss) / (float)d;
@@ -2597,20 +2608,14 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
                     int j = j0 + k * (int)blockDim.x;
                     if (j < g1) {
                         float v = yv[k] * silu(zv[k]);
-                        if (fold) {
-                            xs[j] = wv[k] * v;
-                        } else {
-                            ws[j] = wv[k];
-                            xs[j] = v;
-                        }
+                        norm_put(j, v, wv[k], fold, xs, ws);
                         ss += v * v;
                     }
                 }
             }
             phase_mark(4, false);
             if (fold) {
-                ss = warp_sum(ss);
-                if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+                fold_share(ss, red);
                 break;
             }
             ss = block_sum(ss) / (float)gs;
