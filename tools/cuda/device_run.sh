@@ -8,8 +8,8 @@
 #
 # `fused`: the fused Mamba-2 decode step (mamba2-130m F16/Q8_0/Q4_0, graph replayed back to back)
 # under each of $FUSED_VARIANTS (';'-separated environments, two rounds; $FUSED_TYPES picks the
-# types), and the per-block
-# phase marks of each variant at F16 ($OUT/phases-*.txt, tools/cuda/phases.py).
+# types), and the per-block phase marks of each variant at F16 ($OUT/phases-*.txt,
+# tools/cuda/phases.py).
 set -u
 OUT=${OUT:-/tmp/cheems-out}
 mkdir -p "$OUT"

@@ -23,7 +23,6 @@ print(f"{n_bar} barriers, {grid} blocks, {layers} layers; step {t[-1, :, 3].max(
       f"from the embedding barrier to the head's end")
 kinds = {"in_proj": [1 + 3 * l for l in range(layers)], "ssd": [2 + 3 * l for l in range(layers)],
          "out_proj": [3 + 3 * l for l in range(layers)], "head": [n_bar - 1]}
-rows = []
 for name, ks in kinds.items():
     acc = {}
 
