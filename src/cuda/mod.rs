@@ -1258,10 +1258,11 @@ fn plan_fused_or_why(
     // block's marks [barrier][block][8] (`phase_mark` in kernels.cu). `report_replay` prints
     // or writes them.
     let n_bar = 3 * w.layers.len() + 2;
-    let phases = std::env::var("CHEEMS_CUDA_FUSED_TIMES").is_ok_and(|v| v == "2");
-    let times = match std::env::var("CHEEMS_CUDA_FUSED_TIMES").as_deref() {
-        Ok("1") => pool.zeros(gpu, n_bar * 16)?,
-        Ok("2") => pool.zeros(gpu, n_bar * grid * 64)?,
+    let times_mode = std::env::var("CHEEMS_CUDA_FUSED_TIMES").unwrap_or_default();
+    let phases = times_mode == "2";
+    let times = match times_mode.as_str() {
+        "1" => pool.zeros(gpu, n_bar * 16)?,
+        "2" => pool.zeros(gpu, n_bar * grid * 64)?,
         _ => 0,
     };
     // CHEEMS_CUDA_FUSED_PREFETCH=0: no L2 prefetch of what the coming stages read; =1: the
