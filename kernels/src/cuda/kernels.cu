@@ -2168,6 +2168,11 @@ struct SsdDecodeArgs {
     // Bit 0: the coming weights and SSD states into L2 (prefetch_rows, _state); bit 1: the
     // coming stage's small vectors too (prefetch_vec).
     long long prefetch;
+    // ssd_cluster only: the clusters' partial out_proj vectors [2][clusters][d_model] and their
+    // Σv² [2][clusters] (by layer parity), and the blocks per cluster.
+    float* part;
+    float* sspart;
+    long long cluster;
 };
 
 // The grid's warps in the products' order: warp w of block b is number w·gridDim.x + b, so
@@ -2642,3 +2647,579 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
     if (A.times) grid_sync(A.bar, &target, A.times);
 }
 #undef PREFETCH_VECS
+
+// ---------------------------------------------------------------------------------------------
+// ssd_cluster: the Mamba-2 decode step of ssd_decode with one grid-wide barrier per layer instead
+// of three, on thread-block clusters (sm_90). Cluster c of NC (A.cluster blocks each) owns the
+// d_inner channels [c·cc, (c+1)·cc), cc = d_inner / NC, all in one group of the gated norm, and
+// keeps them to itself through a layer:
+//   P0  the residual: x += Σ_c' rstd(c') · part[c'] (+ bias; scale ⊙ x first), the clusters'
+//       partial out_proj products of the layer before; block k of the cluster sums rows
+//       [k·d/CS, ...) and puts them into every block's copy of x (distributed shared memory);
+//   P1  RMSNorm of x (every block, its own copy) and the in_proj rows the cluster needs: z and
+//       x of its channels (each block those of its own SSD channels) and its group's B and C and
+//       its heads' Δ (shared out between the blocks, every cluster computes them); the causal
+//       conv and SiLU as each row's sum is done; B, C and Δ go to every block of the cluster;
+//   P2  the SSD step of each block's channels (one warp each) and the gate y ⊙ silu(z), which
+//       goes to every block of the cluster;
+//   P3  the cluster's columns of out_proj times its gated values (times the gated norm's
+//       weights): the partial vector part[c] (every block a slice of its rows) and Σv², left for
+//       the next layer's P0, which scales by the group's 1/rms (it factors out of the product).
+// Between P0-P1, P1-P2 and P2-P3 the cluster meets at its hardware barrier; after P3, the grid.
+// part and sspart are double-buffered by layer parity (a block may still read layer l-1's while
+// another writes layer l's). After the last layer, every block normalizes x and the grid shares
+// the head's rows as in ssd_decode.
+// ---------------------------------------------------------------------------------------------
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned cl_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ unsigned cl_id() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r));
+    return r;
+}
+
+// v into *p of block `rank` of this cluster (p: this block's shared memory, same layout there).
+__device__ __forceinline__ void cl_put(const float* p, unsigned rank, float v) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(r), "f"(v) : "memory");
+}
+
+// Every thread of the cluster: what each wrote before (shared memory of any of its blocks,
+// global memory) is seen by each after.
+__device__ __forceinline__ void cl_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\t"
+                 "barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// cl_sync in two halves, for work between them that the others do not wait for.
+__device__ __forceinline__ void cl_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ void cl_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+#endif
+
+// Rows i in [0, nr) of W (row index row(i)), restricted to columns [c0, c0 + cols), times the
+// activation xs[0..cols) in shared memory (for a quantized T, its int8 blocks q, ds; c0 and
+// cols multiples of 32): sink(i, sum) on every lane of the row's lane group. A row takes LP
+// lanes, the smallest power of two that covers its units (16-byte words of a float row, quarter
+// blocks of a quantized one; at most 32); a lane group loads RM rows' UK units each before
+// using any (clamped, as rowdot2), one round trip for all.
+template <int T, int RM, int UK, class Row, class Sink>
+__device__ __forceinline__ void rows_dot(const u8* w, long long rb, int nr, Row row, int c0,
+                                         int cols, const float* xs, const signed char* q,
+                                         const float* ds, Sink sink) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int epu = T == T_F32 ? 4 : 8;
+    const int esz = T == T_F32 ? 4 : 2;
+    int units = cols / epu;
+    int lp = 1;
+    while (lp < units && lp < 32) lp <<= 1;
+    int rpw = 32 / lp, grp = lane / lp, ul = lane % lp;
+    for (int base = warp * rpw * RM; base < nr; base += nw * rpw * RM) {
+        int i0 = base + grp * RM;
+        const u8* rp[RM];
+        float s[RM];
+#pragma unroll
+        for (int m = 0; m < RM; m++) {
+            rp[m] = w + (long long)row(min(i0 + m, nr - 1)) * rb;
+            if (!is_quant(T)) rp[m] += (long long)c0 * esz;
+            s[m] = 0.0f;
+        }
+        for (int u0 = ul; u0 < units; u0 += lp * UK) {
+            if (T == T_F32 || T == T_F16 || T == T_BF16) {
+                uint4 v[UK][RM];
+#pragma unroll
+                for (int k = 0; k < UK; k++)
+#pragma unroll
+                    for (int m = 0; m < RM; m++)
+                        v[k][m] = ((const uint4*)rp[m])[min(u0 + lp * k, units - 1)];
+#pragma unroll
+                for (int k = 0; k < UK; k++) {
+                    int u = u0 + lp * k;
+                    if (u < units) {
+#pragma unroll
+                        for (int m = 0; m < RM; m++) {
+                            if (T == T_F32) {
+                                float4 a = ((const float4*)xs)[u];
+                                float4 f = *(const float4*)&v[k][m];
+                                s[m] += f.x * a.x + f.y * a.y + f.z * a.z + f.w * a.w;
+                            } else {
+                                const float4* xa = (const float4*)xs + 2 * u;
+                                float4 a = xa[0], b = xa[1];
+                                float f[8];
+                                unpack8<T>(v[k][m], f);
+                                s[m] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w +
+                                        f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+                            }
+                        }
+                    }
+                }
+            } else {
+                float pv[UK][RM];
+#pragma unroll
+                for (int k = 0; k < UK; k++) {
+                    int u = min(u0 + lp * k, units - 1);
+                    int lb = u >> 2, sub = u & 3;
+                    const int* aq = (const int*)(q + lb * 32);
+#pragma unroll
+                    for (int m = 0; m < RM; m++)
+                        pv[k][m] = vdot<T>(rp[m], c0 / 32 + lb, sub, aq, ds[2 * lb], ds[2 * lb + 1]);
+                }
+#pragma unroll
+                for (int k = 0; k < UK; k++)
+                    if (u0 + lp * k < units)
+#pragma unroll
+                        for (int m = 0; m < RM; m++) s[m] += pv[k][m];
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < RM; m++) {
+            for (int o = lp >> 1; o > 0; o >>= 1) s[m] += __shfl_xor_sync(0xffffffff, s[m], o);
+        }
+#pragma unroll
+        for (int m = 0; m < RM; m++)
+            if (i0 + m < nr) sink(i0 + m, s[m], ul, lp);
+    }
+}
+
+// The block's place in ssd_cluster (see there): its cluster's channels, its own SSD channels,
+// its share of the cluster's shared in_proj rows (B, C, Δ) and of the residual's rows.
+struct ClGeo {
+    int c, k, cs, nc;   // cluster, rank in it, blocks per cluster, clusters
+    int cc, ch0;        // the cluster's channels [ch0, ch0 + cc)
+    int cb, own0, nb;   // this block's SSD channels [own0, own0 + nb), cb per block
+    int g, h0, nhc;     // the group, the first head and the heads the channels touch
+    int s0, ns;         // its shared rows [s0, s0 + ns) of the 2n + nhc
+    int r0, r1;         // its residual (and out_proj) rows
+    bool bc_writer;     // writes its B and C channels' conv history (first cluster of the group)
+};
+
+// In_proj row of slot i of the block (its x rows, then its z rows, then its shared rows).
+__device__ __forceinline__ int cl_slot_row(const ClGeo& G, int i, int di, int n, int ng) {
+    if (i < G.nb) return di + G.own0 + i;  // x: channel own0 + i of xBC
+    if (i < 2 * G.nb) return G.own0 + (i - G.nb);  // z
+    int j = G.s0 + (i - 2 * G.nb);
+    if (j < n) return 2 * di + G.g * n + j;  // B
+    if (j < 2 * n) return 2 * di + ng * n + G.g * n + (j - n);  // C
+    return 2 * di + 2 * ng * n + G.h0 + (j - 2 * n);  // Δ
+}
+
+// Shared memory of ssd_cluster, in floats (the host's `cluster_smem` mirrors it).
+struct ClSmem {
+    float *xr, *xs, *bcs, *xsh, *zsh, *vsh;
+    float* cv;  // the conv's taps, history and bias of each x, B and C slot (8 floats)
+    float *nw, *st, *hs, *gw;  // cl_preload's: norm weights, state rows, heads' scalars, gnorm
+    signed char* q;
+    float* ds;
+    SsdLayerArgs* layers;
+};
+
+template <int T>
+__device__ void cl_inproj_t(const SsdDecodeArgs& A, const SsdLayerArgs& L, const ClGeo& G,
+                            const ClSmem& S) {
+#if __CUDA_ARCH__ >= 900
+    int di = (int)A.d_inner, n = (int)A.d_state, ng = (int)A.n_groups, d = (int)A.d_model;
+    int cd = di + 2 * ng * n, w1 = (int)A.d_conv - 1, dconv = (int)A.d_conv;
+    int pos = A.step[1];
+    float* hnew = L.conv + (long long)((pos + 1) & 1) * cd * w1;
+    int nslots = 2 * G.nb + G.ns;
+    auto row = [&](int i) { return cl_slot_row(G, i, di, n, ng); };
+    auto sink = [&](int i, float v, int ul, int lp) {
+        int r = row(i);
+        if (L.in_b) v += L.in_b[r];
+        if (i >= G.nb && i < 2 * G.nb) {
+            if (ul == 0) S.zsh[i - G.nb] = v;
+            return;
+        }
+        int j = i - 2 * G.nb + G.s0;  // shared row j (when i >= 2nb)
+        if (i >= 2 * G.nb && j >= 2 * n) {
+            for (int t = ul; t < G.cs; t += lp) cl_put(S.bcs + j, t, v);
+            return;
+        }
+        int ch = r - di;  // xBC channel
+        // conv_ch's sum in its order, from the slot's values staged in shared memory.
+        const float* cv = S.cv + 8 * i;
+        float acc = cv[7];
+        for (int j = 0; j < w1; j++) acc += cv[j] * cv[4 + j];
+        acc += cv[w1] * v;
+        float o = silu(acc);
+        if (ul == 0 && (i < G.nb || G.bc_writer)) {
+            float* nx = hnew + (long long)ch * w1;
+            for (int j = 0; j + 1 < w1; j++) nx[j] = cv[4 + j + 1];
+            nx[w1 - 1] = v;
+        }
+        if (i < G.nb) {
+            if (ul == 0) S.xsh[i] = o;
+        } else {
+            for (int t = ul; t < G.cs; t += lp) cl_put(S.bcs + j, t, o);
+        }
+    };
+#ifdef SKELETON
+    rows_dot<T, 4, 3>((const u8*)S.xs, 0, nslots, row, 0, d, S.xs, S.q, S.ds, sink);
+#else
+    rows_dot<T, 4, 3>(L.in_w, L.in_rb, nslots, row, 0, d, S.xs, S.q, S.ds, sink);
+#endif
+#endif
+}
+
+// 4 bytes from global memory into shared memory, asynchronously (no register waits for it):
+// complete at the block's next cl_copy_wait.
+__device__ __forceinline__ void cl_copy4(float* dst, const float* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cl_copy16(float* dst, const float* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cl_copy_wait() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// What a layer's P1-P3 read that no stage of this step writes, copied into shared memory while
+// the barrier in front of P0 waits (cp.async: nothing waits for it until P1): the norm's
+// weights, the state rows of the block's SSD channels, their heads' Δ bias, A and D, the gated
+// norm's weights of the cluster's channels, and the conv's taps (d_conv <= 4), history and bias
+// of every x, B and C slot of the block.
+__device__ __forceinline__ void cl_preload(const SsdDecodeArgs& A, const SsdLayerArgs& L,
+                                           const ClGeo& G, const ClSmem& S) {
+    int d = (int)A.d_model, di = (int)A.d_inner, n = (int)A.d_state, ng = (int)A.n_groups;
+    int cd = di + 2 * ng * n, w1 = (int)A.d_conv - 1;
+    int t0 = threadIdx.x, nt = blockDim.x;
+    for (int j = t0; j < d; j += nt) cl_copy4(S.nw + j, L.norm + j);
+    const float* ss = L.ssm + (long long)G.own0 * n;
+    for (int j = t0; j < G.nb * n / 4; j += nt) cl_copy16(S.st + 4 * j, ss + 4 * j);
+    for (int j = t0; j < 3 * G.nhc; j += nt) {
+        const float* v = j < G.nhc ? L.dt_bias : j < 2 * G.nhc ? L.a : L.dskip;
+        cl_copy4(S.hs + j, v + G.h0 + j % G.nhc);
+    }
+    for (int j = t0; j < G.cc; j += nt) cl_copy4(S.gw + j, L.gnorm + G.ch0 + j);
+    const float* hold = L.conv + (long long)(A.step[1] & 1) * cd * w1;
+    int nconv = G.nb + min(G.ns, max(0, 2 * n - G.s0));  // x slots, then B and C slots
+    for (int t = t0; t < 8 * nconv; t += nt) {
+        int e = t & 7, slot = t >> 3;
+        int i = slot < G.nb ? slot : slot + G.nb;  // skip the z slots
+        int c = cl_slot_row(G, i, di, n, ng) - di;
+        float* dst = S.cv + 8 * i + e;
+        if (e <= w1) cl_copy4(dst, L.conv_w + (long long)c * (w1 + 1) + e);
+        else if (e >= 4 && e < 4 + w1) cl_copy4(dst, hold + (long long)c * w1 + (e - 4));
+        else if (e == 7) {
+            if (L.conv_b) cl_copy4(dst, L.conv_b + c);
+            else *dst = 0.0f;
+        }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// Split grid barrier (see grid_sync): arrive, do what does not need the others, then wait.
+__device__ __forceinline__ void grid_arrive(unsigned* bar, unsigned* target) {
+    __syncthreads();
+    *target += gridDim.x;
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
+}
+
+__device__ __forceinline__ void grid_wait(unsigned* bar, unsigned target) {
+    if (threadIdx.x == 0) {
+        unsigned spins = 0;
+        for (;;) {
+            unsigned v;
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
+            if (v >= target) break;
+            if (++spins > (1u << 26)) asm volatile("trap;");
+        }
+    }
+    __syncthreads();
+}
+
+template <int T>
+__device__ void cl_outproj_t(const SsdLayerArgs& L, const ClGeo& G, const ClSmem& S,
+                             float* part) {
+    auto row = [&](int i) { return G.r0 + i; };
+    auto sink = [&](int i, float v, int ul, int lp) {
+        if (ul == 0) part[G.r0 + i] = v;
+    };
+#ifdef SKELETON
+    rows_dot<T, 4, 1>((const u8*)S.xs, 0, G.r1 - G.r0, [](int) { return 0; }, 0, G.cc, S.xs,
+                      S.q, S.ds, sink);
+#else
+    rows_dot<T, 4, 1>(L.out_w, L.out_rb, G.r1 - G.r0, row, G.ch0, G.cc, S.xs, S.q, S.ds, sink);
+#endif
+}
+
+#define CL_DISPATCH(TY, F, ...)                                                                \
+    switch (TY) {                                                                              \
+    case T_F32: F<T_F32>(__VA_ARGS__); break;                                                  \
+    case T_F16: F<T_F16>(__VA_ARGS__); break;                                                  \
+    case T_BF16: F<T_BF16>(__VA_ARGS__); break;                                                \
+    case T_Q4_0: F<T_Q4_0>(__VA_ARGS__); break;                                                \
+    case T_Q4_1: F<T_Q4_1>(__VA_ARGS__); break;                                                \
+    case T_Q5_0: F<T_Q5_0>(__VA_ARGS__); break;                                                \
+    case T_Q5_1: F<T_Q5_1>(__VA_ARGS__); break;                                                \
+    case T_Q8_0: F<T_Q8_0>(__VA_ARGS__); break;                                                \
+    case T_Q4_K: F<T_Q4_K>(__VA_ARGS__); break;                                                \
+    case T_Q5_K: F<T_Q5_K>(__VA_ARGS__); break;                                                \
+    case T_Q6_K: F<T_Q6_K>(__VA_ARGS__); break;                                                \
+    }
+
+// Lines of the byte range [from, to) of rows [0, nr) (row(i)) into L2, spread over the block.
+template <class Row>
+__device__ __forceinline__ void cl_prefetch(const u8* w, long long rb, int nr, Row row,
+                                            long long from, long long to) {
+    long long l0 = from >> 7, lines = ((to + 127) >> 7) - l0;
+    for (long long t = threadIdx.x; t < nr * lines; t += blockDim.x) {
+        const u8* a = w + (long long)row((int)(t / lines)) * rb + ((l0 + t % lines) << 7);
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+    }
+}
+
+// Profiling (FUSED_PHASES): thread 0 of every block records mark j of layer l at
+// times[8(l·gridDim.x + block) + j].
+#ifdef FUSED_PHASES
+#define CL_MARK(l, j) \
+    if (threadIdx.x == 0 && A.times) A.times[8 * ((long long)(l) * gridDim.x + blockIdx.x) + (j)] = gtime()
+#else
+#define CL_MARK(l, j)
+#endif
+extern "C" __global__ void __launch_bounds__(512) ssd_cluster(const SsdDecodeArgs* __restrict__ pa) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ float smem[];
+    const SsdDecodeArgs A = *pa;
+    int d = (int)A.d_model, di = (int)A.d_inner, p = (int)A.head_dim, n = (int)A.d_state;
+    int ng = (int)A.n_groups, nh = (int)A.n_heads;
+    int cd = di + 2 * ng * n, w1 = (int)A.d_conv - 1;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    ClGeo G;
+    G.cs = (int)A.cluster;
+    G.nc = gridDim.x / G.cs;
+    G.c = (int)cl_id();
+    G.k = (int)cl_rank();
+    G.cc = di / G.nc;
+    G.ch0 = G.c * G.cc;
+    G.cb = (G.cc + G.cs - 1) / G.cs;
+    G.own0 = G.ch0 + G.k * G.cb;
+    G.nb = max(0, min(G.cb, G.ch0 + G.cc - G.own0));
+    int gs = di / ng;
+    G.g = G.ch0 / gs;
+    G.h0 = G.ch0 / p;
+    G.nhc = (G.ch0 + G.cc - 1) / p - G.h0 + 1;
+    int nsh = 2 * n + G.nhc, sp = (nsh + G.cs - 1) / G.cs;
+    G.s0 = G.k * sp;
+    G.ns = max(0, min(sp, nsh - G.s0));
+    int rpb = (d + G.cs - 1) / G.cs;
+    G.r0 = min(d, G.k * rpb);
+    G.r1 = min(d, G.r0 + rpb);
+    G.bc_writer = G.ch0 % gs == 0;
+    int widest = d > di ? d : di;
+    ClSmem S;
+    S.xr = smem;
+    S.xs = S.xr + d;
+    S.bcs = S.xs + widest;
+    S.xsh = S.bcs + ((nsh + 3) & ~3);
+    S.zsh = S.xsh + ((G.cb + 3) & ~3);
+    S.vsh = S.zsh + ((G.cb + 3) & ~3);
+    S.cv = S.vsh + ((G.cc + 3) & ~3);
+    S.nw = S.cv + 8 * (2 * G.cb + sp);
+    S.st = S.nw + d;
+    S.hs = S.st + G.cb * n;
+    S.gw = S.hs + ((3 * G.nhc + 3) & ~3);
+    S.ds = S.gw + ((G.cc + 3) & ~3);
+    S.q = (signed char*)(S.ds + 2 * (widest / 32 + 1));
+    S.layers = (SsdLayerArgs*)(S.q + ((widest + 15) & ~15));
+    {
+        const long long* from = (const long long*)A.layers;
+        long long* to = (long long*)S.layers;
+        int words = (int)A.n_layers * (int)(sizeof(SsdLayerArgs) / 8);
+        for (int i = threadIdx.x; i < words; i += blockDim.x) to[i] = from[i];
+    }
+    unsigned target = 0;
+#ifdef FUSED_PHASES
+    if (threadIdx.x == 0) ph_rec = 0;
+#endif
+    int nslots = 2 * G.nb + G.ns;
+    auto slot_row = [&](int i) { return cl_slot_row(G, i, di, n, ng); };
+    auto out_row = [&](int i) { return G.r0 + i; };
+    bool pv = A.prefetch & 2;
+    // The cluster's columns of out_proj, as a byte range of a row (whole lines around it).
+    auto seg = [&](long long rb, long long* from, long long* to) {
+        *from = (long long)G.ch0 * rb / di;
+        *to = ((long long)(G.ch0 + G.cc) * rb + di - 1) / di;
+    };
+    auto prefetch_layer = [&](const SsdLayerArgs& L) {
+        if (!(A.prefetch & 1)) return;
+        cl_prefetch(L.in_w, L.in_rb, nslots, slot_row, 0, L.in_rb);
+        long long f, t;
+        seg(L.out_rb, &f, &t);
+        cl_prefetch(L.out_w, L.out_rb, G.r1 - G.r0, out_row, f, t);
+    };
+    auto prefetch_state = [&](const SsdLayerArgs& L) {
+        if (!(A.prefetch & 1)) return;
+        cl_prefetch((const u8*)L.ssm, (long long)n * 4, G.nb, [&](int i) { return G.own0 + i; },
+                    0, (long long)n * 4);
+        if (pv) {
+            prefetch_vec(L.norm, d);
+            prefetch_vec(L.conv_w, (long long)cd * A.d_conv);
+            prefetch_vec(L.conv_b, cd);
+            prefetch_vec(L.conv + (long long)(A.step[1] & 1) * cd * w1, (long long)cd * w1);
+            prefetch_vec(L.dt_bias, nh);
+            prefetch_vec(L.a, nh);
+            prefetch_vec(L.dskip, nh);
+            prefetch_vec(L.gnorm, di);
+        }
+    };
+    prefetch_layer(A.layers[0]);
+    prefetch_state(A.layers[0]);
+    __syncthreads();  // the layers' arguments
+    cl_preload(A, S.layers[0], G, S);
+    // Every block of the cluster is running before any writes into another's shared memory.
+    cl_sync();
+    {
+        const u8* row = A.emb_w + (long long)A.step[0] * A.emb_rb;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) S.xr[j] = dq((int)A.emb_ty, row, j);
+    }
+    __syncthreads();
+    int L_n = (int)A.n_layers;
+    for (int l = 0; l <= L_n; l++) {
+        CL_MARK(l, 0);
+        if (l > 0) {
+            // P0: layer l-1's partial products into the residual.
+            const SsdLayerArgs& P = S.layers[l - 1];
+            const float* part = A.part + (long long)((l - 1) & 1) * G.nc * d;
+            const float* ssp = A.sspart + (long long)((l - 1) & 1) * G.nc;
+            __shared__ float rs[16];
+            int r = G.r0 + threadIdx.x;
+            bool has = r < G.r1;
+            float pvv[16];
+#pragma unroll
+            for (int c = 0; c < 16; c++) pvv[c] = has && c < G.nc ? __ldcg(part + (long long)c * d + r) : 0.0f;
+            float sc = has && P.res_scale ? P.res_scale[r] : 1.0f;
+            float bias = has && P.out_b ? P.out_b[r] : 0.0f;
+            if (threadIdx.x < G.nc) rs[threadIdx.x] = __ldcg(ssp + threadIdx.x);
+            __syncthreads();
+            float inv = 0.0f;
+            if (threadIdx.x < G.nc) {
+                // 1/rms of this cluster's group: the Σv² of the group's clusters, in order.
+                int per = gs / G.cc, g0 = threadIdx.x / per * per;
+                float ss = 0.0f;
+                for (int c = g0; c < g0 + per; c++) ss += rs[c];
+                inv = 1.0f / sqrtf(ss / (float)gs + A.gnorm_eps);
+            }
+            __syncthreads();
+            if (threadIdx.x < G.nc) rs[threadIdx.x] = inv;
+            __syncthreads();
+            if (has) {
+                float tot = 0.0f;
+#pragma unroll
+                for (int c = 0; c < 16; c++)
+                    if (c < G.nc) tot += rs[c] * pvv[c];
+                float old = S.xr[r];
+                float x = (P.res_scale ? sc * old : old) + (tot + bias);
+                for (int t = 0; t < G.cs; t++) cl_put(S.xr + r, t, x);
+                if (G.c == 0) A.x[r] = x;
+            }
+            cl_sync();
+            CL_MARK(l, 1);
+            if (l == L_n) break;
+        }
+        const SsdLayerArgs& L = S.layers[l];
+        // P1: RMSNorm of x and the cluster's in_proj rows.
+        float f_first = rope_freq(L.inv_freq, n);
+        cl_copy_wait();  // cl_preload's copies (the norm's __syncthreads publishes them)
+        {
+            float ss = 0.0f;
+            for (int j = threadIdx.x; j < d; j += blockDim.x) ss += S.xr[j] * S.xr[j];
+            ss = block_sum(ss) / (float)d;
+            float inv = 1.0f / sqrtf(ss + A.eps);
+            for (int j = threadIdx.x; j < d; j += blockDim.x) S.xs[j] = S.nw[j] * (S.xr[j] * inv);
+            smem_quantize((int)L.in_ty, S.xs, d, S.q, S.ds);
+            __syncthreads();
+        }
+        CL_MARK(l, 2);
+        CL_DISPATCH((int)L.in_ty, cl_inproj_t, A, L, G, S);
+        CL_MARK(l, 3);
+        cl_arrive();
+        if (l + 1 < L_n) prefetch_layer(S.layers[l + 1]);
+        cl_wait();
+        CL_MARK(l, 4);
+        // P2: the SSD step of the block's channels, one warp each, and the gate.
+        if (L.inv_freq) rope_bc(S.bcs, n, A.step[1], L.inv_freq, f_first);
+        for (int i = warp; i < G.nb; i += nw) {
+            int ch = G.own0 + i, hl = ch / p - G.h0;
+            float dt = softplus(S.bcs[2 * n + hl] + S.hs[hl]);
+            float da = expf(dt * S.hs[G.nhc + hl]);
+            float xi = S.xsh[i], dtx = dt * xi;
+            float* sr = S.st + i * n;
+            float acc = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++) {
+                int k = lane + 32 * kk;
+                if (k < n) {
+                    float sv = sr[k] * da + dtx * S.bcs[k];
+                    sr[k] = sv;
+                    acc += sv * S.bcs[n + k];
+                }
+            }
+            float y = warp_sum(acc) + S.hs[2 * G.nhc + hl] * xi;
+            float v = y * silu(S.zsh[i]);
+            if (lane < G.cs) cl_put(S.vsh + (ch - G.ch0), lane, v);
+        }
+        __syncwarp();
+        CL_MARK(l, 5);
+        cl_arrive();
+        // The warp's new state rows back (nothing in this step reads them again).
+        for (int i = warp; i < G.nb; i += nw) {
+            float4* to = (float4*)(L.ssm + (long long)(G.own0 + i) * n);
+            const float4* from = (const float4*)(S.st + i * n);
+            for (int j = lane; j < n / 4; j += 32) to[j] = from[j];
+        }
+        if (l + 1 < L_n) prefetch_state(S.layers[l + 1]);
+        else if (pv) prefetch_vec(A.out_norm, d);
+        cl_wait();
+        CL_MARK(l, 6);
+        // P3: the cluster's columns of out_proj times v ⊙ w (the group's 1/rms is applied in
+        // P0), and Σv² of the cluster.
+        for (int j = threadIdx.x; j < G.cc; j += blockDim.x) S.xs[j] = S.vsh[j] * S.gw[j];
+        if (G.k == 0 && warp == 0) {
+            float ss = 0.0f;
+            for (int j = lane; j < G.cc; j += 32) ss += S.vsh[j] * S.vsh[j];
+            ss = warp_sum(ss);
+            if (lane == 0) A.sspart[(long long)(l & 1) * G.nc + G.c] = ss;
+        }
+        smem_quantize((int)L.out_ty, S.xs, G.cc, S.q, S.ds);
+        __syncthreads();
+        float* part = A.part + (long long)(l & 1) * G.nc * d + (long long)G.c * d;
+        CL_DISPATCH((int)L.out_ty, cl_outproj_t, L, G, S, part);
+        CL_MARK(l, 7);
+        grid_arrive(A.bar, &target);
+        if (l + 1 < L_n) cl_preload(A, S.layers[l + 1], G, S);
+        grid_wait(A.bar, target);
+    }
+    // The head: the final norm of x (every block its own copy), the rows shared by the grid.
+    {
+        float ss = 0.0f;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) ss += S.xr[j] * S.xr[j];
+        ss = block_sum(ss) / (float)d;
+        float inv = 1.0f / sqrtf(ss + A.eps);
+        for (int j = threadIdx.x; j < d; j += blockDim.x) S.xs[j] = A.out_norm[j] * (S.xr[j] * inv);
+        smem_quantize((int)A.out_ty, S.xs, d, S.q, S.ds);
+    }
+    grid_rows((int)A.out_ty, A.out_w, A.out_rb, (int)A.vocab, d, S.xs, S.q, S.ds, 0, A.logits, 0,
+              0);
+#endif
+}
+#undef CL_DISPATCH
+#undef CL_MARK
