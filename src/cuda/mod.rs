@@ -109,7 +109,6 @@ const KERNELS: &[&str] = &[
     "moe_alpha",
     "moe_up",
     "ssd_decode",
-    "ssd_cluster",
 ];
 
 /// Compiles the kernels to PTX for a compute capability (`(9, 0)`: `compute_90`). Needs NVRTC
@@ -155,8 +154,6 @@ pub struct Gpu {
     funcs: HashMap<&'static str, CudaFunction>,
     name: String,
     ordinal: usize,
-    /// Compute capability (major, minor).
-    cc: (i32, i32),
     /// Launch with programmatic stream serialization (compute capability 9.0 and later, unless
     /// `CHEEMS_CUDA_PDL=0`): the next kernel is scheduled while the previous one finishes, and
     /// waits for it in its first instruction (`griddepcontrol.wait`).
@@ -239,7 +236,6 @@ impl Gpu {
             _module: module,
             funcs,
             ordinal,
-            cc,
         })
     }
 
@@ -271,19 +267,18 @@ impl Gpu {
         block: usize,
         args: &[u64],
     ) -> Result<()> {
-        self.launch_ex(stream, name, grid, block, (0, false, 0), args)
+        self.launch_ex(stream, name, grid, block, (0, false), args)
     }
 
-    /// [`Gpu::launch3`] with `extra`: bytes of dynamic shared memory, whether the launch is
-    /// cooperative (every block resident at once, or the launch fails: for grid barriers), and
-    /// the blocks of a thread-block cluster (0: no clusters).
+    /// [`Gpu::launch3`] with `extra`: bytes of dynamic shared memory, and whether the launch is
+    /// cooperative (every block resident at once, or the launch fails: for grid barriers).
     fn launch_ex(
         &self,
         stream: &CudaStream,
         name: &str,
         grid: (usize, usize, usize),
         block: usize,
-        extra: (usize, bool, u32),
+        extra: (usize, bool),
         args: &[u64],
     ) -> Result<()> {
         const MAX: usize = 20;
@@ -305,28 +300,17 @@ impl Gpu {
             grid.1.max(1) as u32,
             grid.2.max(1) as u32,
         );
-        let (smem, coop, cluster) = extra;
-        if self.pdl || coop || smem > 0 || cluster > 0 {
+        let (smem, coop) = extra;
+        if self.pdl || coop || smem > 0 {
             // SAFETY: a plain-data C struct, valid when zeroed.
-            let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
-            let mut na = 0;
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
             if coop {
-                attrs[na].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
-                attrs[na].value.cooperative = 1;
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                attr.value.cooperative = 1;
             } else {
-                attrs[na].id =
+                attr.id =
                     sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-                attrs[na].value.programmaticStreamSerializationAllowed = i32::from(self.pdl);
-            }
-            na += 1;
-            if cluster > 0 {
-                attrs[na].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-                attrs[na].value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
-                    x: cluster,
-                    y: 1,
-                    z: 1,
-                };
-                na += 1;
+                attr.value.programmaticStreamSerializationAllowed = i32::from(self.pdl);
             }
             let cfg = sys::CUlaunchConfig {
                 gridDimX: gx,
@@ -337,8 +321,8 @@ impl Gpu {
                 blockDimZ: 1,
                 sharedMemBytes: smem as u32,
                 hStream: stream.cu_stream(),
-                attrs: attrs.as_mut_ptr(),
-                numAttrs: na as u32,
+                attrs: &mut attr,
+                numAttrs: 1,
             };
             // SAFETY: as below for the function and its parameters; `cfg` and `attr` outlive
             // the call, which copies them.
@@ -1127,8 +1111,6 @@ struct Fused {
     grid: usize,
     block: usize,
     smem: usize,
-    /// `ssd_cluster`'s blocks per thread-block cluster, or 0: `ssd_decode`.
-    cluster: u32,
 }
 
 /// Words (8 bytes) of one layer's `SsdLayerArgs` in kernels.cu.
@@ -1158,128 +1140,6 @@ fn plan_fused(
         Err(why) if mode == "1" => bail!("CHEEMS_CUDA_FUSED=1, but {why}"),
         Err(_) => Ok(None),
     }
-}
-
-/// `ssd_cluster`'s shape on this GPU (see kernels.cu): (blocks per cluster, clusters, bytes of
-/// dynamic shared memory), or why it does not run: it needs compute capability 9.0 (thread-block
-/// clusters), d_model and d_inner multiples of 32, d_state <= 256, and a number of clusters
-/// (<= 32, all resident at once) that splits d_inner into runs of a multiple of 32 channels
-/// within one group of the gated norm. Off by default; `CHEEMS_CUDA_CLUSTER=N` runs it with N
-/// blocks per cluster (8 is the portable maximum; up to 16).
-fn plan_cluster(
-    gpu: &Gpu,
-    d: usize,
-    sc: &crate::config::SsdConfig,
-    n_layers: usize,
-) -> Result<std::result::Result<(usize, usize, usize), String>> {
-    let want = std::env::var("CHEEMS_CUDA_CLUSTER").unwrap_or_default();
-    if want.is_empty() || want == "0" {
-        // Off unless asked for: slower than ssd_decode (see the README).
-        return Ok(Err("CHEEMS_CUDA_CLUSTER is not set".into()));
-    }
-    if gpu.cc.0 < 9 {
-        return Ok(Err(format!(
-            "compute capability {}.{} has no thread-block clusters",
-            gpu.cc.0, gpu.cc.1
-        )));
-    }
-    let (di, n, ng, p) = (sc.d_inner, sc.d_state, sc.n_groups, sc.head_dim);
-    if !d.is_multiple_of(32)
-        || !di.is_multiple_of(32)
-        || n > 256
-        || p == 0
-        || !di.is_multiple_of(ng)
-        || !n.is_multiple_of(4)
-        || !(2..=4).contains(&sc.d_conv)
-    {
-        return Ok(Err(format!(
-            "the shape does not fit ssd_cluster (d_model {d}, d_inner {di}, d_state {n})"
-        )));
-    }
-    let cs: usize = match want.parse::<usize>() {
-        Ok(v) if (1..=16).contains(&v) => v,
-        _ => 8,
-    };
-    let func = gpu
-        .funcs
-        .get("ssd_cluster")
-        .ok_or_else(|| anyhow!("no kernel `ssd_cluster`"))?;
-    let widest = d.max(di);
-    let r4 = |v: usize| v.next_multiple_of(4);
-    // The layout of ssd_cluster's shared memory for nc clusters (its largest nhc).
-    let smem = |nc: usize| {
-        let cc = di / nc;
-        let cb = cc.div_ceil(cs);
-        let nhc = cc / p + 2;
-        let nsh = 2 * n + nhc;
-        4 * (d
-            + widest
-            + r4(nsh)
-            + 2 * r4(cb)
-            + r4(cc)
-            + 8 * (2 * cb + nsh.div_ceil(cs))
-            + d
-            + cb * n
-            + r4(3 * nhc)
-            + r4(cc)
-            + 2 * (widest / 32 + 1))
-            + widest.next_multiple_of(16)
-            + n_layers * LAYER_WORDS * 8
-    };
-    if cs > 8 {
-        // SAFETY: `func` belongs to this context's module; the attribute is an int flag.
-        unsafe {
-            sys::cuFuncSetAttribute(
-                func.cu_function(),
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-        }
-        .result()?;
-    }
-    // The most clusters (at most 16, the kernel's P0) that split the channels evenly, fit in
-    // shared memory and are all resident at once.
-    let gs = di / ng;
-    for nc in (1..=16usize).rev() {
-        if di % nc != 0 || (di / nc) % 32 != 0 || gs % (di / nc) != 0 {
-            continue;
-        }
-        let bytes = smem(nc);
-        if bytes > 48 * 1024 {
-            continue;
-        }
-        // SAFETY: a plain-data C struct, valid when zeroed.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
-            x: cs as u32,
-            y: 1,
-            z: 1,
-        };
-        let cfg = sys::CUlaunchConfig {
-            gridDimX: (cs * nc) as u32,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: FUSED_BLOCK as u32,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: bytes as u32,
-            hStream: gpu.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        let mut resident: i32 = 0;
-        // SAFETY: `func` belongs to this context's module; `cfg` and `attr` outlive the call,
-        // which writes one int.
-        unsafe { sys::cuOccupancyMaxActiveClusters(&mut resident, func.cu_function(), &cfg) }
-            .result()?;
-        if resident >= nc as i32 {
-            return Ok(Ok((cs, nc, bytes)));
-        }
-    }
-    Ok(Err(format!(
-        "no number of clusters of {cs} blocks fits the shape and the GPU"
-    )))
 }
 
 fn plan_fused_or_why(
@@ -1354,7 +1214,6 @@ fn plan_fused_or_why(
             sc.d_state
         )));
     }
-    let cluster = plan_cluster(gpu, d, &sc, w.layers.len())?;
     let func = gpu
         .funcs
         .get("ssd_decode")
@@ -1389,20 +1248,7 @@ fn plan_fused_or_why(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(usize::MAX)
         .max(1);
-    let mut grid = ((sms * per_sm) as usize).min(cap);
-    let mut smem = smem;
-    let (mut cs, mut part, mut sspart) = (0usize, 0u64, 0u64);
-    if let Ok((n_per, nc, bytes)) = cluster {
-        cs = n_per;
-        grid = n_per * nc;
-        smem = bytes;
-        part = pool.zeros(gpu, 2 * nc * d * 4)?;
-        sspart = pool.zeros(gpu, 2 * nc * 4)?;
-    } else if let Err(why) = &cluster {
-        if std::env::var("CHEEMS_CUDA_CLUSTER").is_ok_and(|v| v != "0") {
-            bail!("CHEEMS_CUDA_CLUSTER is set, but {why}");
-        }
-    }
+    let grid = ((sms * per_sm) as usize).min(cap);
     // (head, part) items of the SSD stage: about one per block, at most 256 rows each.
     let parts = (grid / sc.n_heads)
         .clamp(1, sc.head_dim)
@@ -1456,9 +1302,6 @@ fn plan_fused_or_why(
         parts as u64,
         times,
         prefetch,
-        part,
-        sspart,
-        cs as u64,
     ];
     let layers_at = words.len() * 8;
     debug_assert_eq!(layers.len(), w.layers.len() * LAYER_WORDS);
@@ -1478,7 +1321,6 @@ fn plan_fused_or_why(
         grid,
         block: FUSED_BLOCK,
         smem,
-        cluster: cs as u32,
     }))
 }
 
@@ -2061,7 +1903,7 @@ impl GpuSession {
             "dma_plan",
             (n_kv, 1, 1),
             1024,
-            (smem, false, 0),
+            (smem, false),
             &[
                 s.dma_sc,
                 score,
@@ -2156,18 +1998,12 @@ impl GpuSession {
     fn launch_batch(&self, n: usize, trace: bool, every: bool) -> Result<()> {
         if let (1, false, Some(fz)) = (n, trace, &self.fused) {
             self.memset(fz.bar, 4)?;
-            let coop = fz.cluster == 0
-                || std::env::var("CHEEMS_CUDA_CLUSTER_COOP").map_or(true, |v| v != "0");
             return self.w.gpu.launch_ex(
                 &self.stream,
-                if fz.cluster > 0 {
-                    "ssd_cluster"
-                } else {
-                    "ssd_decode"
-                },
+                "ssd_decode",
                 (fz.grid, 1, 1),
                 fz.block,
-                (fz.smem, coop, fz.cluster),
+                (fz.smem, true),
                 &[fz.args],
             );
         }
