@@ -1265,12 +1265,14 @@ fn plan_fused_or_why(
         "2" => pool.zeros(gpu, n_bar * grid * 64)?,
         _ => 0,
     };
-    // CHEEMS_CUDA_FUSED_PREFETCH=0: no L2 prefetch of what the coming stages read; =1: the
-    // weights and SSD states only, not the small vectors (for measurements).
+    // The L2 prefetch of what the coming stages read, issued after a block's arrival at the
+    // barrier. For measurements, CHEEMS_CUDA_FUSED_PREFETCH=0: none; =1: the weights and SSD
+    // states only, not the small vectors; =early: all of it, before the arrival.
     let prefetch = match std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").as_deref() {
         Ok("0") => 0u64,
-        Ok("1") => 1,
-        _ => 3,
+        Ok("1") => 5,
+        Ok("early") => 3,
+        _ => 7,
     };
     let mut words: Vec<u64> = vec![
         0, // the layers' address, set below
