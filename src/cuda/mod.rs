@@ -1334,6 +1334,55 @@ const CHUNK_P: usize = 16;
 /// Tokens one forward call handles (a [`crate::Session`] prefill feeds chunks of this size).
 pub const BATCH: usize = crate::session::MAX_BATCH;
 
+/// Page-locked host memory of `len` floats (cuMemAllocHost), freed on drop.
+struct Pinned {
+    ctx: Arc<CudaContext>,
+    ptr: *mut f32,
+    len: usize,
+}
+
+impl Pinned {
+    fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
+        ctx.bind_to_thread()?;
+        // SAFETY: allocates len·4 bytes (at least 4) of host memory with the context bound.
+        let ptr = unsafe { cu::malloc_host(len.max(1) * 4, 0) }
+            .context("allocating page-locked host memory")?
+            .cast::<f32>();
+        // SAFETY: `ptr` holds `len` floats; zeroed, so every view of them is initialized.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(Pinned {
+            ctx: ctx.clone(),
+            ptr,
+            len,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        // SAFETY: `ptr` holds `len` initialized floats for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from cuMemAllocHost in this context and is freed once.
+        unsafe {
+            if self.ctx.bind_to_thread().is_ok() {
+                let _ = cu::free_host(self.ptr.cast());
+            }
+        }
+    }
+}
+
 /// One sequence on the GPU: device states and scratch, sized once; the decode step's CUDA graph.
 pub struct GpuSession {
     w: Arc<GpuWeights>,
@@ -1355,6 +1404,8 @@ pub struct GpuSession {
     fused: Option<Fused>,
     /// Host copy of the step buffer.
     step: Vec<i32>,
+    /// Page-locked landing place of one token's logits (`None`: `CHEEMS_CUDA_PINNED=0`).
+    pinned: Option<Pinned>,
     /// `dma_plan`'s shared memory; `None`: DMA layers run a batch token by token.
     dma_smem: Option<usize>,
 }
@@ -1459,6 +1510,11 @@ impl GpuSession {
         gpu.stream.synchronize()?;
         let fused = plan_fused(&w, &c, &states, &s, &mut pool)?;
         let use_graph = std::env::var("CHEEMS_CUDA_GRAPH").map_or(true, |v| v != "0");
+        let pinned = if std::env::var("CHEEMS_CUDA_PINNED").is_ok_and(|v| v == "0") {
+            None
+        } else {
+            Some(Pinned::new(&gpu.ctx, c.n_vocab)?)
+        };
         Ok(GpuSession {
             stream: gpu.ctx.new_stream()?,
             w,
@@ -1473,6 +1529,7 @@ impl GpuSession {
             chunked_scan: std::env::var("CHEEMS_CUDA_SCAN").map_or(true, |v| v != "seq"),
             fused,
             step: vec![0; 2 * b],
+            pinned,
             dma_smem: dma_plan_smem(kw),
         })
     }
@@ -1531,6 +1588,26 @@ impl GpuSession {
         // pageable host memory, which the driver stages before returning.
         unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }?;
         Ok(())
+    }
+
+    /// One token's logits into `dst`, through the page-locked buffer when there is one: the
+    /// copy engine writes it directly (a pageable destination goes through the driver's
+    /// staging), and the host copies it on.
+    fn dtoh_logits(&mut self, dst: &mut [f32]) -> Result<()> {
+        match self.pinned.as_mut() {
+            Some(p) if p.len() == dst.len() => {
+                // SAFETY: `logits` holds at least n_vocab floats on the device and `p` n_vocab
+                // floats of page-locked host memory; the stream is synchronized before `p` is
+                // read.
+                unsafe {
+                    cu::memcpy_dtoh_async(p.as_mut_slice(), self.s.logits, self.stream.cu_stream())
+                }?;
+                self.stream.synchronize()?;
+                dst.copy_from_slice(p.as_slice());
+                Ok(())
+            }
+            _ => self.dtoh(dst, self.s.logits),
+        }
     }
 
     fn dtoh<T>(&self, dst: &mut [T], src: DPtr) -> Result<()> {
@@ -1601,7 +1678,7 @@ impl GpuSession {
                 self.dtoh(&mut a[at..], self.s.logits)?;
                 logits.copy_from_slice(&a[at + (n - 1) * v..]);
             } else if start + n == tokens.len() {
-                self.dtoh(logits, self.s.logits)?;
+                self.dtoh_logits(logits)?;
             }
             start += n;
         }
