@@ -1272,16 +1272,8 @@ fn plan_fused_or_why(
         Ok("0") => 0u64,
         Ok("1") => 5,
         Ok("early") => 3,
-        Ok("late") => 7,
-        Ok("nohead") => 7 | 16,
-        Ok("noskip") => 7 | 8,
-        _ => 7 | 8 | 16,
+        _ => 7,
     };
-    let head_pf: u64 = std::env::var("CHEEMS_CUDA_HEAD_PREFETCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8)
-        .min(24);
     let mut words: Vec<u64> = vec![
         0, // the layers' address, set below
         w.layers.len() as u64,
@@ -1312,7 +1304,6 @@ fn plan_fused_or_why(
         parts as u64,
         times,
         prefetch,
-        head_pf,
     ];
     let layers_at = words.len() * 8;
     debug_assert_eq!(layers.len(), w.layers.len() * LAYER_WORDS);

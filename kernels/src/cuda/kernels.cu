@@ -2167,10 +2167,8 @@ struct SsdDecodeArgs {
     unsigned long long* times;  // NULL, or profiling (see grid_sync)
     // Bit 0: the coming weights and SSD states into L2 (prefetch_rows, _state); bit 1: the
     // coming stage's small vectors too (prefetch_vec); bit 2: issued after the block's arrival
-    // at the barrier instead of before it (ssd_decode's SYNC_AFTER); bit 3: the head's first
-    // rows during the last layers (prefetch_head); bit 4: no barrier after the embedding.
+    // at the barrier instead of before it (ssd_decode's SYNC_AFTER).
     long long prefetch;
-    long long head_pf;  // 24ths of the head's rows that bit 3 prefetches
 };
 
 // The grid's warps in the products' order: warp w of block b is number w·gridDim.x + b, so
@@ -2494,10 +2492,8 @@ __device__ __forceinline__ void fold_share(float ss, float* red) {
 // xs = RMSNorm(x) ⊙ w (x read past L1; w staged in ws with x, one round trip), and its int8
 // blocks for a quantized product. When fold_norm(ty): xs = x ⊙ w and the warps' shares of Σx²
 // in red (see Fold).
-// With erow, the input is that row of an embedding of type ety instead of x.
 __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, int ty, float* xs,
-                             float* ws, signed char* q, float* ds, float* red,
-                             const u8* erow = nullptr, int ety = 0) {
+                             float* ws, signed char* q, float* ds, float* red) {
     bool fold = fold_norm(ty);
     float ss = 0.0f;
     for (int j0 = threadIdx.x; j0 < d; j0 += 4 * blockDim.x) {
@@ -2509,7 +2505,7 @@ __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, i
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             int j = j0 + k * (int)blockDim.x;
-            v[k] = j >= d ? 0.0f : erow ? dq(ety, erow, j) : __ldcg(x + j);
+            v[k] = j < d ? __ldcg(x + j) : 0.0f;
             wv[k] = j < d ? w[j] : 0.0f;
         }
 #pragma unroll
@@ -2530,20 +2526,6 @@ __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, i
     float inv = 1.0f / sqrtf(ss + eps);
     for (int j = threadIdx.x; j < d; j += blockDim.x) xs[j] = ws[j] * (xs[j] * inv);
     smem_quantize(ty, xs, d, q, ds);
-}
-
-// Part j of 3 of the head rows ssd_decode prefetches: of each warp's rows in grid_rows_t's order
-// (gw, gw + tw, ...), the first A.head_pf 24ths, a third of them per call.
-__device__ __forceinline__ void prefetch_head(const SsdDecodeArgs& A, int j) {
-    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    int gw = grid_warp(), tw = gridDim.x * nw, rows = (int)A.vocab;
-    int mine = gw < rows ? (rows - gw + tw - 1) / tw : 0;
-    int kp = (int)(mine * A.head_pf / 24), k0 = kp * j / 3, k1 = kp * (j + 1) / 3;
-    for (int k = k0; k < k1; k++) {
-        const u8* row = A.out_w + (long long)(gw + (long long)k * tw) * A.out_rb;
-        for (long long o = lane * 128; o < A.out_rb; o += 32 * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(row + o));
-    }
 }
 
 extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs* __restrict__ pa) {
@@ -2569,14 +2551,13 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
 #ifdef FUSED_PHASES
     if (threadIdx.x == 0) ph_rec = A.times ? A.times + 8 * blockIdx.x : 0;
 #endif
-    // The token's embedding row into the residual. With bit 4 of A.prefetch (not when
-    // profiling), no barrier follows: layer 0's norm reads the row itself, and the residual's
-    // first reader (layer 0's out_proj) is two barriers later.
-    const u8* erow = A.emb_w + (long long)A.step[0] * A.emb_rb;
-    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
-        A.x[j] = dq((int)A.emb_ty, erow, j);
-    bool emb_direct = (A.prefetch & 16) && !A.times;
-    if (!emb_direct) grid_sync(A.bar, &target, A.times);
+    // The token's embedding row into the residual.
+    {
+        const u8* row = A.emb_w + (long long)A.step[0] * A.emb_rb;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
+            A.x[j] = dq((int)A.emb_ty, row, j);
+    }
+    grid_sync(A.bar, &target, A.times);
     int p = (int)A.head_dim, n = (int)A.d_state, ng = (int)A.n_groups, nh = (int)A.n_heads;
     int parts = (int)A.parts, rows = (int)A.in_rows;
     // A layer's small vectors, a stage or more before they are read: the norm's weights, the
@@ -2614,8 +2595,7 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
     } while (0)
     for (int l = 0; l < (int)A.n_layers; l++) {
         const SsdLayerArgs& L = layers[l];
-        smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, red,
-                     l == 0 && emb_direct ? erow : nullptr, (int)A.emb_ty);
+        smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, red);
         phase_mark(0);
         grid_rows((int)L.in_ty, L.in_w, L.in_rb, rows, d, xs, q, ds, L.in_b, A.zx, 0, 0,
                   fold_norm((int)L.in_ty) ? Fold{red, (float)d, A.eps} : Fold{0, 0.0f, 0.0f});
@@ -2623,14 +2603,7 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
         // Each prefetch is issued at the end of the stage before its reader, while the barrier
         // waits: issued at the start of the SSD step, 7.5 MB of product rows queued in front of
         // the step's own reads and slowed it from 3.9 to 5.3 us.
-        SYNC_AFTER({
-            if (A.prefetch & 1) prefetch_state(L.ssm, nh, parts, p, n);
-            // The first rows of each warp's share of the head, over the last three layers
-            // (bit 3; A.head_pf 24ths of them): the head's 77 MB (F16) are most of a step's
-            // bytes, and DRAM is idle between the layers' small bursts.
-            int from_end = (int)A.n_layers - 1 - l;
-            if ((A.prefetch & 8) && from_end < 3) prefetch_head(A, 2 - from_end);
-        });
+        SYNC_AFTER(if (A.prefetch & 1) prefetch_state(L.ssm, nh, parts, p, n));
         for (int it = blockIdx.x; it < nh * parts; it += gridDim.x) {
             ssd_item(it / parts, nh, it % parts, parts, A.zx, rows, L.conv, L.conv_w, L.conv_b,
                      L.inv_freq, L.dt_bias, L.a, L.dskip, L.ssm, A.y, p, n, ng, di,
