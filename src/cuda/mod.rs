@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::{anyhow, bail, Context, Result};
 use cheems_formats::GgmlType;
 use cudarc::driver::{result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaModule};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
 
 use crate::blocks::attention::KvCache;
 use crate::blocks::cdmoe::Experts;
@@ -1334,53 +1334,16 @@ const CHUNK_P: usize = 16;
 /// Tokens one forward call handles (a [`crate::Session`] prefill feeds chunks of this size).
 pub const BATCH: usize = crate::session::MAX_BATCH;
 
-/// Page-locked host memory of `len` floats (cuMemAllocHost), freed on drop.
-struct Pinned {
-    ctx: Arc<CudaContext>,
-    ptr: *mut f32,
-    len: usize,
-}
-
-impl Pinned {
-    fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
-        ctx.bind_to_thread()?;
-        // SAFETY: allocates len·4 bytes (at least 4) of host memory with the context bound.
-        let ptr = unsafe { cu::malloc_host(len.max(1) * 4, 0) }
-            .context("allocating page-locked host memory")?
-            .cast::<f32>();
-        // SAFETY: `ptr` holds `len` floats; zeroed, so every view of them is initialized.
-        unsafe { std::ptr::write_bytes(ptr, 0, len) };
-        Ok(Pinned {
-            ctx: ctx.clone(),
-            ptr,
-            len,
-        })
+/// `dst` from the device buffer at `src` (at least `size_of_val(dst)` bytes), on `stream`,
+/// waited for.
+fn dtoh_on<T>(stream: &CudaStream, dst: &mut [T], src: DPtr) -> Result<()> {
+    if !dst.is_empty() {
+        // SAFETY: `src` is a device buffer of at least `size_of_val(dst)` bytes (the callers'
+        // buffers are sized so); the stream is synchronized before `dst` is read.
+        unsafe { cu::memcpy_dtoh_async(dst, src, stream.cu_stream()) }?;
     }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn as_slice(&self) -> &[f32] {
-        // SAFETY: `ptr` holds `len` initialized floats for the life of `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [f32] {
-        // SAFETY: as in `as_slice`, and `&mut self` makes this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` came from cuMemAllocHost in this context and is freed once.
-        unsafe {
-            if self.ctx.bind_to_thread().is_ok() {
-                let _ = cu::free_host(self.ptr.cast());
-            }
-        }
-    }
+    stream.synchronize()?;
+    Ok(())
 }
 
 /// One sequence on the GPU: device states and scratch, sized once; the decode step's CUDA graph.
@@ -1405,7 +1368,7 @@ pub struct GpuSession {
     /// Host copy of the step buffer.
     step: Vec<i32>,
     /// Page-locked landing place of one token's logits (`None`: `CHEEMS_CUDA_PINNED=0`).
-    pinned: Option<Pinned>,
+    pinned: Option<PinnedHostSlice<f32>>,
     /// `dma_plan`'s shared memory; `None`: DMA layers run a batch token by token.
     dma_smem: Option<usize>,
 }
@@ -1513,7 +1476,13 @@ impl GpuSession {
         let pinned = if std::env::var("CHEEMS_CUDA_PINNED").is_ok_and(|v| v == "0") {
             None
         } else {
-            Some(Pinned::new(&gpu.ctx, c.n_vocab)?)
+            // SAFETY: n_vocab floats of page-locked host memory (flags 0: cached, not
+            // write-combined, as the host reads it), zeroed before any view of it is made.
+            unsafe {
+                let mut p = gpu.ctx.alloc_pinned_with_flags::<f32>(c.n_vocab, 0)?;
+                std::ptr::write_bytes(p.as_mut_ptr()?, 0, c.n_vocab);
+                Some(p)
+            }
         };
         Ok(GpuSession {
             stream: gpu.ctx.new_stream()?,
@@ -1596,14 +1565,8 @@ impl GpuSession {
     fn dtoh_logits(&mut self, dst: &mut [f32]) -> Result<()> {
         match self.pinned.as_mut() {
             Some(p) if p.len() == dst.len() => {
-                // SAFETY: `logits` holds at least n_vocab floats on the device and `p` n_vocab
-                // floats of page-locked host memory; the stream is synchronized before `p` is
-                // read.
-                unsafe {
-                    cu::memcpy_dtoh_async(p.as_mut_slice(), self.s.logits, self.stream.cu_stream())
-                }?;
-                self.stream.synchronize()?;
-                dst.copy_from_slice(p.as_slice());
+                dtoh_on(&self.stream, p.as_mut_slice()?, self.s.logits)?;
+                dst.copy_from_slice(p.as_slice()?);
                 Ok(())
             }
             _ => self.dtoh(dst, self.s.logits),
@@ -1611,13 +1574,7 @@ impl GpuSession {
     }
 
     fn dtoh<T>(&self, dst: &mut [T], src: DPtr) -> Result<()> {
-        if !dst.is_empty() {
-            // SAFETY: `src` is a device buffer of at least `size_of_val(dst)` bytes; the stream
-            // is synchronized before `dst` is read.
-            unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }?;
-        }
-        self.stream.synchronize()?;
-        Ok(())
+        dtoh_on(&self.stream, dst, src)
     }
 
     /// Runs `tokens` at positions `pos..` ([`BATCH`] at a time): the logits after the last token
