@@ -40,7 +40,7 @@ for name, ks in kinds.items():
             add("work after input (mean, max)", ((m1 - m0).mean(), (m1 - m0).max()))
         else:
             add("work after departure (mean, max)", ((m1 - prev_dep).mean(), (m1 - prev_dep).max()))
-        add("issue after work (mean, max)", ((arr - m1).mean(), (arr - m1).max()))
+        add("arrival after work (mean, max)", ((arr - m1).mean(), (arr - m1).max()))
         # Thread 0's own points, after the departure, over the blocks that reached them (the
         # SSD step's idle blocks have none).
         for j, f in ((4, f4), (5, f5), (6, f6), (7, f7)):
