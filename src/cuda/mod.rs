@@ -1268,11 +1268,15 @@ fn plan_fused_or_why(
     // The L2 prefetch of what the coming stages read, issued after a block's arrival at the
     // barrier. For measurements, CHEEMS_CUDA_FUSED_PREFETCH=0: none; =1: the weights and SSD
     // states only, not the small vectors; =early: all of it, before the arrival.
+    // The bits of `SsdDecodeArgs::prefetch` in kernels.cu.
+    const ROWS: u64 = 1; // weights and SSD states
+    const VECS: u64 = 2; // the small vectors
+    const LATE: u64 = 4; // after the arrival
     let prefetch = match std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").as_deref() {
-        Ok("0") => 0u64,
-        Ok("1") => 5,
-        Ok("early") => 3,
-        _ => 7,
+        Ok("0") => 0,
+        Ok("1") => ROWS | LATE,
+        Ok("early") => ROWS | VECS,
+        _ => ROWS | VECS | LATE,
     };
     let mut words: Vec<u64> = vec![
         0, // the layers' address, set below
