@@ -2169,6 +2169,11 @@ struct SsdDecodeArgs {
     // coming stage's small vectors too (prefetch_vec); bit 2: issued after the block's arrival
     // at the barrier instead of before it (ssd_decode's SYNC_AFTER).
     long long prefetch;
+    // ssd_decode2 only: every layer's out_proj sums in fixed point (acc, see fx_add), a flag per
+    // layer for a value out of its range, and the out_proj rows' parts per head.
+    unsigned long long* acc;
+    unsigned* bad;
+    long long kparts;
 };
 
 // The grid's warps in the products' order: warp w of block b is number w·gridDim.x + b, so
@@ -2664,6 +2669,433 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
         });
     }
     smem_rmsnorm(A.x, A.out_norm, A.eps, d, (int)A.out_ty, xs, ws, q, ds, red);
+    phase_mark(0);
+    grid_rows((int)A.out_ty, A.out_w, A.out_rb, (int)A.vocab, d, xs, q, ds, 0, A.logits, 0, 0,
+              fold_norm((int)A.out_ty) ? Fold{red, (float)d, A.eps} : Fold{0, 0.0f, 0.0f});
+    phase_mark(1);
+    if (A.times) grid_sync(A.bar, &target, A.times);
+}
+
+// ---- two stages per layer (ssd_decode2) ---------------------------------------------------------
+
+// A layer's out_proj is summed over its heads in fixed point: each value v adds floor(v) to a
+// signed 64-bit word (hi) and frac(v)·2^52 to an unsigned one (lo). Integer sums do not depend
+// on the order the blocks' additions land in, so a step's result is the same on every run (a
+// float atomic sum is not), and the sum is exact to 2^-52 whatever the values' scale. |v| is
+// at most 2^56 (the hi word's headroom for 128 terms); a value outside that (or NaN) sets the
+// layer's flag, and the layer's output is NaN, as the float sum's would be.
+#define FX_LO 4503599627370496.0  // 2^52
+#define FX_MAX 7.2057594e16f      // 2^56
+
+__device__ __forceinline__ void fx_add(unsigned long long* hi, unsigned long long* lo, float v,
+                                       unsigned* bad) {
+#ifdef FX_FLOAT
+    // Measurements: a float atomic sum in the hi word's low half instead (order-dependent).
+    atomicAdd((float*)hi, v);
+    return;
+#endif
+    if (!(fabsf(v) < FX_MAX)) {
+        atomicOr(bad, 1u);
+        return;
+    }
+    double f = floor((double)v);
+    atomicAdd(hi, (unsigned long long)(long long)f);
+    atomicAdd(lo, (unsigned long long)(((double)v - f) * FX_LO));
+}
+
+__device__ __forceinline__ float fx_get(unsigned long long hi, unsigned long long lo) {
+#ifdef FX_FLOAT
+    return __uint_as_float((u32)hi);
+#endif
+    return (float)((double)(long long)hi + (double)lo * (1.0 / FX_LO));
+}
+
+// The residual (in shared memory, every block its own copy) after layer l - 1's out_proj sums
+// (prev: that layer's acc words, NULL for layer 0): x = res_scale ⊙ x + sum / rms + bias, with
+// the gated norm's 1/rms from its sum of squares (the last two words of prev); then the norm
+// of the coming product into xs as smem_rmsnorm does.
+__device__ void resid_norm(float* xr, const unsigned long long* prev, const unsigned* bad,
+                           const float* res_scale, const float* out_b, float gs, float geps,
+                           const float* w, float eps, int d, int ty, float* xs, float* ws,
+                           signed char* q, float* ds, float* red) {
+    bool fold = fold_norm(ty);
+    // The sums of squares and the flag are loaded with the first values (one round trip); 1/rms
+    // is computed when they are used.
+    unsigned long long sh = 0, sl = 0;
+    unsigned flag = 0;
+    if (prev) {
+        sh = __ldcg(prev + 2 * d);
+        sl = __ldcg(prev + 2 * d + 1);
+        flag = __ldcg(bad);
+    }
+    float inv = -1.0f;
+    float ss = 0.0f;
+    for (int j0 = threadIdx.x; j0 < d; j0 += 2 * blockDim.x) {
+        unsigned long long hv[2], lv[2];
+        float wv[2], rs[2], bv[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int j = j0 + k * (int)blockDim.x;
+            bool in = j < d;
+            hv[k] = in && prev ? __ldcg(prev + j) : 0ull;
+            lv[k] = in && prev ? __ldcg(prev + d + j) : 0ull;
+            wv[k] = in ? w[j] : 0.0f;
+            rs[k] = in && prev && res_scale ? res_scale[j] : 1.0f;
+            bv[k] = in && prev && out_b ? out_b[j] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int j = j0 + k * (int)blockDim.x;
+            if (j < d) {
+                float v = xr[j];
+                if (prev) {
+                    if (inv < 0.0f) inv = 1.0f / sqrtf(fx_get(sh, sl) / gs + geps);
+                    v = (res_scale ? rs[k] * v : v) + (fx_get(hv[k], lv[k]) * inv + bv[k]);
+                    if (flag) v = __int_as_float(0x7fc00000);
+                    xr[j] = v;
+                }
+                norm_put(j, v, wv[k], fold, xs, ws);
+                ss += v * v;
+            }
+        }
+    }
+    phase_mark(4, false);
+    if (fold) {
+        fold_share(ss, red);
+        return;
+    }
+    ss = block_sum(ss) / (float)d;
+    float inv_x = 1.0f / sqrtf(ss + eps);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) xs[j] = ws[j] * (xs[j] * inv_x);
+    smem_quantize(ty, xs, d, q, ds);
+}
+
+// Part k of K of head h's rows of out_proj (the head's p columns, rows [r0, r1)) times the
+// head's gated values v (shared), summed into the layer's words: a row's p columns are nwr
+// 16-byte words, one per lane of a group of nwr lanes, and a warp takes 32 / nwr rows at once,
+// RB batches of them per round trip.
+#define HR_B 4
+// The lane's words of head_rows's first batch (esz: the weights' bytes per value), loaded
+// before the values they multiply are known.
+__device__ __forceinline__ void head_load(const u8* w, long long rb, int esz, int col0, int p,
+                                          int r0, int r1, uint4* u) {
+    int nwr = p * esz / 16, rpi = 32 / nwr;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int sub = lane % nwr, rl = lane / nwr;
+    const u8* base = w + (long long)col0 * esz + sub * 16;
+#pragma unroll
+    for (int b = 0; b < HR_B; b++) {
+        int r = max(min(r0 + warp * rpi + b * nw * rpi + rl, r1 - 1), 0);
+        u[b] = *(const uint4*)(base + (long long)r * rb);
+    }
+}
+
+template <int T>
+__device__ void head_rows(const u8* w, long long rb, int col0, int p, int r0, int r1,
+                          const float* v, unsigned long long* hi, unsigned long long* lo,
+                          unsigned* bad, const uint4* pre) {
+    const int esz = T == T_F32 ? 4 : 2, per = 16 / esz, RB = HR_B;
+    int nwr = p * esz / 16, rpi = 32 / nwr;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int sub = lane % nwr, rl = lane / nwr;
+    const u8* base = w + (long long)col0 * esz + sub * 16;
+    float vf[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) vf[e] = e < per ? v[sub * per + e] : 0.0f;
+    for (int wb = r0 + warp * rpi; wb < r1; wb += nw * rpi * RB) {
+        uint4 u[RB];
+#pragma unroll
+        for (int b = 0; b < RB; b++) {
+            int r = min(wb + b * nw * rpi + rl, r1 - 1);
+#ifdef SKELETON
+            u[b] = ((const uint4*)v)[sub];
+#else
+            u[b] = pre && wb == r0 + warp * rpi ? pre[b] : *(const uint4*)(base + (long long)r * rb);
+#endif
+        }
+#pragma unroll
+        for (int b = 0; b < RB; b++) {
+            float a;
+            if (T == T_F32) {
+                a = __uint_as_float(u[b].x) * vf[0] + __uint_as_float(u[b].y) * vf[1] +
+                    __uint_as_float(u[b].z) * vf[2] + __uint_as_float(u[b].w) * vf[3];
+            } else {
+                float f[8];
+                unpack8<T>(u[b], f);
+                a = f[0] * vf[0] + f[1] * vf[1] + f[2] * vf[2] + f[3] * vf[3] + f[4] * vf[4] +
+                    f[5] * vf[5] + f[6] * vf[6] + f[7] * vf[7];
+            }
+            for (int o = nwr / 2; o > 0; o >>= 1) a += __shfl_down_sync(0xffffffff, a, o, nwr);
+            int r = wb + b * nw * rpi + rl;
+            if (sub == 0 && r < r1) fx_add(hi + r, lo + r, a, bad);
+        }
+    }
+}
+
+// head_rows for a quantized T: the head's p columns are p / 32 blocks of a row, a lane per
+// quarter block (vdot) against the int8 blocks of v (q, ds), so nwr = p / 8 lanes per row.
+template <int T>
+__device__ void qhead_rows(const u8* w, long long rb, int hb, int p, int r0, int r1,
+                           const signed char* q, const float* ds, unsigned long long* hi,
+                           unsigned long long* lo, unsigned* bad) {
+    const int RB = HR_B;
+    int nwr = p / 8, rpi = 32 / nwr;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int sub = lane % nwr, rl = lane / nwr, b = sub >> 2, qt = sub & 3;
+    const int* aq = (const int*)(q + b * 32);
+    float da = ds[2 * b], sa = ds[2 * b + 1];
+    for (int wb = r0 + warp * rpi; wb < r1; wb += nw * rpi * RB) {
+        float pr[RB];
+#pragma unroll
+        for (int bb = 0; bb < RB; bb++) {
+            int r = min(wb + bb * nw * rpi + rl, r1 - 1);
+            pr[bb] = vdot<T>(w + (long long)r * rb, hb + b, qt, aq, da, sa);
+        }
+#pragma unroll
+        for (int bb = 0; bb < RB; bb++) {
+            float a = pr[bb];
+            for (int o = nwr / 2; o > 0; o >>= 1) a += __shfl_down_sync(0xffffffff, a, o, nwr);
+            int r = wb + bb * nw * rpi + rl;
+            if (sub == 0 && r < r1) fx_add(hi + r, lo + r, a, bad);
+        }
+    }
+}
+
+// Item (head h, part k of K) of ssd_decode2's second stage: the head's SSD step for all its p
+// rows (every part of the head computes them; part k stores the new state of its share of the
+// rows, part 0 the conv history), its gated values y ⊙ silu(z) ⊙ w into v, part 0 their sum of
+// squares into the layer's two last words, and the head's columns of out_proj times v for part
+// k's share of the rows into the layer's sums. p <= 64 (at most 4 rows per warp, as 16 warps),
+// n <= 128, one group.
+__device__ void ssd_head(int h, int k, int K, const SsdDecodeArgs& A, const SsdLayerArgs& L,
+                         unsigned long long* acc, unsigned* bad) {
+    int p = (int)A.head_dim, n = (int)A.d_state, di = (int)A.d_inner, d = (int)A.d_model;
+    int dconv = (int)A.d_conv, w1 = dconv - 1, cd = di + 2 * n;
+    int pos = A.step[1];
+    const float* hold = L.conv + (long long)(pos & 1) * cd * w1;
+    float* hnew = L.conv + (long long)((pos + 1) & 1) * cd * w1;
+    const float* in = A.zx + di;  // xBC before the conv
+    __shared__ float bc[256], xh[64], zh[64], v[64], sq[64];
+    __shared__ float dt_sh;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int s0, s1;
+    item_rows(k, K, p, &s0, &s1);
+    // What does not depend on the stage before first: the state of the warp's rows (at most 4,
+    // n / 32 <= 4 values per lane), Δ's input, the head's scalars.
+    float s[4][4];
+#pragma unroll
+    for (int rr = 0; rr < 4; rr++) {
+        const float* st = L.ssm + ((long long)h * p + min(warp + nw * rr, p - 1)) * n;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) s[rr][kk] = st[min(lane + 32 * kk, n - 1)];
+    }
+    if (threadIdx.x == 0) dt_sh = __ldcg(A.zx + di + cd + h);
+    float dt_b = L.dt_bias[h], a_h = L.a[h], d_h = L.dskip[h];
+    float f_first = rope_freq(L.inv_freq, n);
+    float gw[4];
+#pragma unroll
+    for (int rr = 0; rr < 4; rr++) gw[rr] = L.gnorm[h * p + min(warp + nw * rr, p - 1)];
+    int r0, r1;
+    item_rows(k, K, d, &r0, &r1);
+    const uint4* pre = 0;
+#ifdef EARLY_W
+    // Measurements: the first batch of out_proj's words loaded here, before the SSD step.
+    uint4 wpre[HR_B];
+    if (!is_quant((int)L.out_ty)) {
+        head_load(L.out_w, L.out_rb, (int)L.out_ty == T_F32 ? 4 : 2, h * p, p, r0, r1, wpre);
+        pre = wpre;
+    }
+#endif
+    // B, C and the head's x channels through the conv, and its z.
+    // The next history: of B and C by head 0's part 0, of the head's x by its part 0.
+    bool hist = k == 0, hist_bc = hist && h == 0;
+    for (int j = threadIdx.x; j < 2 * n + 2 * p; j += blockDim.x) {
+        if (j >= 2 * n + p) {
+            zh[j - 2 * n - p] = __ldcg(A.zx + h * p + (j - 2 * n - p));
+            continue;
+        }
+        bool is_bc = j < 2 * n;
+        int ch = is_bc ? di + j : h * p + (j - 2 * n);
+        float cur = __ldcg(in + ch);
+        float c = conv_ch(hold + (long long)ch * w1, L.conv_w + (long long)ch * dconv,
+                          L.conv_b ? L.conv_b[ch] : 0.0f, cur, w1,
+                          (is_bc ? hist_bc : hist) ? hnew + (long long)ch * w1 : nullptr);
+        if (is_bc) bc[j] = silu(c);
+        else xh[j - 2 * n] = silu(c);
+    }
+    phase_mark(4, false);
+    __syncthreads();
+    phase_mark(5, false);
+    if (L.inv_freq) rope_bc(bc, n, pos, L.inv_freq, f_first);
+    float dt = softplus(dt_sh + dt_b);
+    float da = expf(dt * a_h);
+    // The warp's rows (at most 4), their sums reduced together.
+    float y[4];
+#pragma unroll
+    for (int rr = 0; rr < 4; rr++) {
+        int i = warp + nw * rr;
+        y[rr] = 0.0f;
+        if (i >= p) continue;
+        float xi = xh[i], dtx = dt * xi;
+        float* st = L.ssm + ((long long)h * p + i) * n;
+        bool store = i >= s0 && i < s1;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            int c = lane + 32 * kk;
+            if (c < n) {
+                float sv = s[rr][kk] * da + dtx * bc[c];
+                if (store) st[c] = sv;
+                y[rr] += sv * bc[n + c];
+            }
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int rr = 0; rr < 4; rr++) y[rr] += __shfl_xor_sync(0xffffffff, y[rr], o);
+#pragma unroll
+    for (int rr = 0; rr < 4; rr++) {
+        int i = warp + nw * rr;
+        if (lane == 0 && i < p) {
+            float g = (y[rr] + d_h * xh[i]) * silu(zh[i]);
+            v[i] = g * gw[rr];
+            sq[i] = g * g;
+        }
+    }
+    phase_mark(6, false);
+    __syncthreads();
+    if (k == 0 && warp == 0) {
+        float t = 0.0f;
+        for (int i = lane; i < p; i += 32) t += sq[i];
+        t = warp_sum(t);
+        if (lane == 0) fx_add(acc + 2 * d, acc + 2 * d + 1, t, bad);
+    }
+    int ty = (int)L.out_ty;
+    if (is_quant(ty)) {
+        // The gated values' int8 blocks (as the CPU quantizes the normalized values: the same
+        // quants, as 1/rms scales a block and its maximum alike).
+        __shared__ signed char qv[64];
+        __shared__ float qd[4];
+        if (warp < p / 32) q8_block(v[warp * 32 + lane], qv, qd, warp, lane);
+        __syncthreads();
+#define QH(T) qhead_rows<T>(L.out_w, L.out_rb, h * p / 32, p, r0, r1, qv, qd, acc, acc + d, bad)
+        switch (ty) {
+        case T_Q4_0: QH(T_Q4_0); break;
+        case T_Q4_1: QH(T_Q4_1); break;
+        case T_Q5_0: QH(T_Q5_0); break;
+        case T_Q5_1: QH(T_Q5_1); break;
+        case T_Q8_0: QH(T_Q8_0); break;
+        case T_Q4_K: QH(T_Q4_K); break;
+        case T_Q5_K: QH(T_Q5_K); break;
+        case T_Q6_K: QH(T_Q6_K); break;
+        }
+#undef QH
+    } else {
+#define HR(T) head_rows<T>(L.out_w, L.out_rb, h * p, p, r0, r1, v, acc, acc + d, bad, pre)
+        switch (ty) {
+        case T_F32: HR(T_F32); break;
+        case T_F16: HR(T_F16); break;
+        default: HR(T_BF16); break;
+        }
+#undef HR
+    }
+    phase_mark(7, false);
+}
+
+// What ssd_head reads that the stage before did not write, into L2 (at that stage's end): the
+// state rows of part k's share and its rows of the head's out_proj columns.
+__device__ void prefetch_head(int h, int k, int K, const SsdDecodeArgs& A, const SsdLayerArgs& L) {
+    int p = (int)A.head_dim, n = (int)A.d_state, d = (int)A.d_model;
+    int s0, s1, r0, r1;
+    item_rows(k, K, p, &s0, &s1);
+    item_rows(k, K, d, &r0, &r1);
+    const char* st = (const char*)(L.ssm + ((long long)h * p + s0) * n);
+    long long bytes = (long long)max(s1 - s0, 0) * n * 4;
+    for (long long o = threadIdx.x * 128LL; o < bytes; o += blockDim.x * 128LL)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(st + o));
+    // The head's bytes of a row (blocks hold consecutive channels, so its share of the row's).
+    int di = (int)A.d_inner;
+    long long o0 = L.out_rb * h * p / di / 128 * 128, o1 = L.out_rb * (h + 1) * p / di;
+    for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x)
+        for (long long o = o0; o < o1; o += 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(L.out_w + (long long)r * L.out_rb + o));
+}
+
+// ssd_decode with two grid stages per layer instead of three: [the residual brought up to
+// date from the layer before's sums, RMSNorm, the rows of in_proj], [(head, part) items:
+// ssd_head, the SSD step with the gated norm and out_proj's columns of the head, summed over
+// the heads in fixed point]. Every block keeps its own copy of the residual in shared memory,
+// so no stage writes it. For one group, p <= 64, n <= 128 and float out_proj weights (the
+// host checks); ssd_decode otherwise.
+extern "C" __global__ void __launch_bounds__(512) ssd_decode2(const SsdDecodeArgs* __restrict__ pa) {
+    extern __shared__ float smem[];
+    const SsdDecodeArgs A = *pa;
+    int d = (int)A.d_model, di = (int)A.d_inner;
+    int widest = d > di ? d : di;
+    float* xs = smem;
+    float* ws = smem + widest;
+    signed char* q = (signed char*)(smem + 2 * widest);
+    float* ds = (float*)(q + ((widest + 15) & ~15));
+    float* xr = ds + 2 * (widest / 32 + 1);
+    SsdLayerArgs* layers = (SsdLayerArgs*)(xr + ((d + 1) & ~1));
+    {
+        const long long* from = (const long long*)A.layers;
+        long long* to = (long long*)layers;
+        int words = (int)A.n_layers * (int)(sizeof(SsdLayerArgs) / 8);
+        for (int i = threadIdx.x; i < words; i += blockDim.x) to[i] = from[i];
+    }
+    __shared__ float red[32];
+    unsigned target = 0;
+#ifdef FUSED_PHASES
+    if (threadIdx.x == 0) ph_rec = A.times ? A.times + 8 * blockIdx.x : 0;
+#endif
+    // The token's embedding row, every block its own copy; the layers' sums zeroed (the first
+    // barrier orders the zeros before the first sums).
+    {
+        const u8* row = A.emb_w + (long long)A.step[0] * A.emb_rb;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) xr[j] = dq((int)A.emb_ty, row, j);
+        long long words = A.n_layers * (2LL * d + 2);
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < words;
+             i += (long long)gridDim.x * blockDim.x)
+            A.acc[i] = 0ull;
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < A.n_layers;
+             i += (long long)gridDim.x * blockDim.x)
+            A.bad[i] = 0u;
+    }
+    int n = (int)A.d_state, nh = (int)A.n_heads, ng = 1;
+    int K = (int)A.kparts, rows = (int)A.in_rows;
+    int item = blockIdx.x, h = item / K, k = item % K;
+    bool has = item < nh * K;
+    bool pv = A.prefetch & 2;
+    int cd = di + 2 * ng * n, w1 = (int)A.d_conv - 1;
+    bool late = A.prefetch & 4;
+    long long lw = 2LL * d + 2;
+    if (A.prefetch & 1) prefetch_rows(A.layers[0].in_w, A.layers[0].in_rb, rows);
+    if (pv) PREFETCH_VECS(A.layers[0]);
+    for (int l = 0; l < (int)A.n_layers; l++) {
+        const SsdLayerArgs& L = layers[l];
+        const SsdLayerArgs* P = l ? &layers[l - 1] : 0;
+        resid_norm(xr, l ? A.acc + (l - 1) * lw : 0, A.bad + (l ? l - 1 : 0),
+                   P ? P->res_scale : 0, P ? P->out_b : 0, (float)di, A.gnorm_eps, L.norm,
+                   A.eps, d, (int)L.in_ty, xs, ws, q, ds, red);
+        phase_mark(0);
+        grid_rows((int)L.in_ty, L.in_w, L.in_rb, rows, d, xs, q, ds, L.in_b, A.zx, 0, 0,
+                  fold_norm((int)L.in_ty) ? Fold{red, (float)d, A.eps} : Fold{0, 0.0f, 0.0f});
+        phase_mark(1);
+        SYNC_AFTER(if ((A.prefetch & 1) && has) prefetch_head(h, k, K, A, L));
+        if (has) ssd_head(h, k, K, A, L, A.acc + l * lw, A.bad + l);
+        phase_mark(1);
+        SYNC_AFTER({
+            if ((A.prefetch & 1) && l + 1 < (int)A.n_layers)
+                prefetch_rows(layers[l + 1].in_w, layers[l + 1].in_rb, rows);
+            if (pv && l + 1 < (int)A.n_layers) PREFETCH_VECS(layers[l + 1]);
+            if (pv && l + 1 == (int)A.n_layers) prefetch_vec(A.out_norm, d);
+        });
+    }
+    int nl = (int)A.n_layers;
+    resid_norm(xr, A.acc + (nl - 1) * lw, A.bad + nl - 1, layers[nl - 1].res_scale,
+               layers[nl - 1].out_b, (float)di, A.gnorm_eps, A.out_norm, A.eps, d, (int)A.out_ty,
+               xs, ws, q, ds, red);
     phase_mark(0);
     grid_rows((int)A.out_ty, A.out_w, A.out_rb, (int)A.vocab, d, xs, q, ds, 0, A.logits, 0, 0,
               fold_norm((int)A.out_ty) ? Fold{red, (float)d, A.eps} : Fold{0, 0.0f, 0.0f});
