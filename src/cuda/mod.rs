@@ -109,7 +109,6 @@ const KERNELS: &[&str] = &[
     "moe_alpha",
     "moe_up",
     "ssd_decode",
-    "ssd_decode2",
 ];
 
 /// Compiles the kernels to PTX for a compute capability (`(9, 0)`: `compute_90`). Needs NVRTC
@@ -1101,8 +1100,6 @@ fn dma_plan_smem(keep_window: usize) -> Option<usize> {
 /// five per layer, with grid barriers between its stages.
 #[derive(Debug)]
 struct Fused {
-    /// `ssd_decode2` (two stages per layer) or `ssd_decode` (three).
-    kernel: &'static str,
     /// The kernel's argument block (`SsdDecodeArgs`, then the layers' `SsdLayerArgs`).
     args: DPtr,
     /// The barrier counter, zeroed before each launch.
@@ -1157,9 +1154,6 @@ fn plan_fused_or_why(
     };
     let gpu = &*w.gpu;
     let mut layers: Vec<u64> = Vec::new();
-    // Whether every layer's out_proj suits `ssd_decode2` (a power of two lanes, at most 32, per
-    // row of a head's columns: see `head_rows` and `qhead_rows` in kernels.cu).
-    let mut merge_ok = true;
     for (layer, st) in w.layers.iter().zip(states) {
         let (
             GMixer::Ssd {
@@ -1183,31 +1177,6 @@ fn plan_fused_or_why(
                 "not every layer is an SSD mixer without a feed-forward block".into(),
             ));
         };
-        // Lanes per row of a head's columns: 16-byte words of float weights, quarter blocks
-        // (8 values) of quantized ones, whose head columns are whole blocks of 32.
-        let lanes = match out_proj.ty {
-            GgmlType::F32 if out_proj.row_bytes % 16 == 0 => sc.head_dim * 4 / 16,
-            GgmlType::F16 | GgmlType::BF16 if out_proj.row_bytes % 16 == 0 => sc.head_dim * 2 / 16,
-            GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-                if sc.head_dim % 32 == 0 =>
-            {
-                sc.head_dim / 8
-            }
-            _ => 0,
-        };
-        let exact = match out_proj.ty {
-            GgmlType::F32 => sc.head_dim % 4 == 0,
-            GgmlType::F16 | GgmlType::BF16 => sc.head_dim % 8 == 0,
-            _ => true,
-        };
-        merge_ok &= exact && lanes.is_power_of_two() && lanes <= 32;
         layers.extend([
             layer.attn_norm,
             layer.attn_residual,
@@ -1232,20 +1201,11 @@ fn plan_fused_or_why(
     }
     let (d, di) = (c.d_model, sc.d_inner);
     let widest = d.max(di);
-    // ssd_decode2 (two grid stages per layer): one group, at most 64 rows per head (4 per warp)
-    // and d_state 128 (4 values per lane); CHEEMS_CUDA_FUSED_MERGE=0 keeps ssd_decode.
-    let merge = merge_ok
-        && sc.n_groups == 1
-        && sc.head_dim <= 64
-        && sc.d_state <= 128
-        && std::env::var("CHEEMS_CUDA_FUSED_MERGE").map_or(true, |v| v != "0");
-    let kernel = if merge { "ssd_decode2" } else { "ssd_decode" };
     // Shared memory (see the kernel): activation and norm weights, int8 blocks and their
-    // scales, (ssd_decode2) the block's copy of the residual, every layer's 19 argument words.
+    // scales, every layer's 19 argument words.
     let smem = 2 * widest * 4
         + widest.next_multiple_of(16)
         + (widest / 32 + 1) * 8
-        + if merge { d.next_multiple_of(2) * 4 } else { 0 }
         + w.layers.len() * LAYER_WORDS * 8;
     // ssd_item's shared arrays: 2·d_state values of B and C, at most 256 rows of a head.
     if 2 * sc.d_state > 512 || smem > 48 * 1024 || sc.n_heads % sc.n_groups != 0 {
@@ -1256,8 +1216,8 @@ fn plan_fused_or_why(
     }
     let func = gpu
         .funcs
-        .get(kernel)
-        .ok_or_else(|| anyhow!("no kernel `{kernel}`"))?;
+        .get("ssd_decode")
+        .ok_or_else(|| anyhow!("no kernel `ssd_decode`"))?;
     let mut per_sm: i32 = 0;
     // SAFETY: `f` is a function of this context's module; the call writes one int.
     unsafe {
@@ -1293,24 +1253,6 @@ fn plan_fused_or_why(
     let parts = (grid / sc.n_heads)
         .clamp(1, sc.head_dim)
         .max(sc.head_dim.div_ceil(256));
-    if merge && grid < sc.n_heads {
-        return Ok(Err(format!(
-            "{grid} blocks cannot take {} heads (CHEEMS_CUDA_FUSED_MERGE=0)",
-            sc.n_heads
-        )));
-    }
-    // ssd_decode2: (head, part) items, each part a share of out_proj's rows; the layers' sums
-    // in fixed point (2·d_model + 2 words each) and a flag per layer.
-    let kparts = grid / sc.n_heads;
-    let (acc, bad) = if merge {
-        let l = w.layers.len();
-        (
-            pool.zeros(gpu, l * (2 * d + 2) * 8)?,
-            pool.zeros(gpu, l * 4)?,
-        )
-    } else {
-        (0, 0)
-    };
     let bar = pool.zeros(gpu, 4)?;
     // CHEEMS_CUDA_FUSED_TIMES=1: block 0's arrival and departure at every barrier; =2: every
     // block's marks [barrier][block][8] (`phase_mark` in kernels.cu). `report_replay` prints
@@ -1366,9 +1308,6 @@ fn plan_fused_or_why(
         parts as u64,
         times,
         prefetch,
-        acc,
-        bad,
-        kparts as u64,
     ];
     let layers_at = words.len() * 8;
     debug_assert_eq!(layers.len(), w.layers.len() * LAYER_WORDS);
@@ -1381,7 +1320,6 @@ fn plan_fused_or_why(
     unsafe { cu::memcpy_htod_async(args, &at, gpu.stream.cu_stream()) }?;
     gpu.stream.synchronize()?;
     Ok(Ok(Fused {
-        kernel,
         args,
         bar,
         times: (times, n_bar),
@@ -1571,9 +1509,10 @@ impl GpuSession {
 
     /// The device's name.
     pub fn device_name(&self) -> String {
-        let fused = match &self.fused {
-            Some(fz) => format!(", fused SSD decode: {}", fz.kernel),
-            None => String::new(),
+        let fused = if self.fused.is_some() {
+            ", fused SSD decode"
+        } else {
+            ""
         };
         format!("cuda:{} ({}{fused})", self.w.gpu.ordinal, self.w.gpu.name)
     }
@@ -2101,7 +2040,7 @@ impl GpuSession {
             self.memset(fz.bar, 4)?;
             return self.w.gpu.launch_ex(
                 &self.stream,
-                fz.kernel,
+                "ssd_decode",
                 (fz.grid, 1, 1),
                 fz.block,
                 (fz.smem, true),

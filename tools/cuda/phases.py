@@ -19,19 +19,10 @@ raw = np.fromfile(path, dtype="<u8")
 n_bar, grid = int(raw[0]), int(raw[1])
 t = raw[2:].astype(np.float64).reshape(n_bar, grid, 8) / 1e3
 layers = (n_bar - 2) // 3
-# `2` after the file: ssd_decode2's marks (two stages per layer and no embedding barrier:
-# stage 2l is layer l's in_proj, 2l + 1 its SSD step and out_proj columns, 2L the head).
-two = sys.argv[2:] == ["2"]
-if two:
-    t[1:] = t[:-1].copy()
-    t[0, :, 3] = t[1, :, 0] - 1e-3
 print(f"{n_bar} barriers, {grid} blocks, {layers} layers; step {t[-1, :, 3].max() - t[0, :, 3].min():.1f} us "
       f"from the embedding barrier to the head's end")
 kinds = {"in_proj": [1 + 3 * l for l in range(layers)], "ssd": [2 + 3 * l for l in range(layers)],
          "out_proj": [3 + 3 * l for l in range(layers)], "head": [n_bar - 1]}
-if two:
-    kinds = {"in_proj": [1 + 2 * l for l in range(1, layers)],
-             "ssd + out_proj": [2 + 2 * l for l in range(layers)], "head": [1 + 2 * layers]}
 for name, ks in kinds.items():
     acc = {}
 
