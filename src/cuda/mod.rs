@@ -1272,11 +1272,17 @@ fn plan_fused_or_why(
     const ROWS: u64 = 1; // weights and SSD states
     const VECS: u64 = 2; // the small vectors
     const LATE: u64 = 4; // after the arrival
+    const EMB_DIRECT: u64 = 8; // no barrier after the embedding
     let prefetch = match std::env::var("CHEEMS_CUDA_FUSED_PREFETCH").as_deref() {
         Ok("0") => 0,
         Ok("1") => ROWS | LATE,
         Ok("early") => ROWS | VECS,
         _ => ROWS | VECS | LATE,
+    };
+    // CHEEMS_CUDA_FUSED_EMB=barrier (for measurements): the barrier after the embedding kept.
+    let prefetch = match std::env::var("CHEEMS_CUDA_FUSED_EMB").as_deref() {
+        Ok("barrier") => prefetch,
+        _ => prefetch | EMB_DIRECT,
     };
     let mut words: Vec<u64> = vec![
         0, // the layers' address, set below

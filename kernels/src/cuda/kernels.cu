@@ -2167,7 +2167,8 @@ struct SsdDecodeArgs {
     unsigned long long* times;  // NULL, or profiling (see grid_sync)
     // Bit 0: the coming weights and SSD states into L2 (prefetch_rows, _state); bit 1: the
     // coming stage's small vectors too (prefetch_vec); bit 2: issued after the block's arrival
-    // at the barrier instead of before it (ssd_decode's SYNC_AFTER).
+    // at the barrier instead of before it (ssd_decode's SYNC_AFTER); bit 3: no barrier after the
+    // embedding (layer 0's norm reads the row itself).
     long long prefetch;
 };
 
@@ -2491,7 +2492,9 @@ __device__ __forceinline__ void fold_share(float ss, float* red) {
 
 // xs = RMSNorm(x) ⊙ w (x read past L1; w staged in ws with x, one round trip), and its int8
 // blocks for a quantized product. When fold_norm(ty): xs = x ⊙ w and the warps' shares of Σx²
-// in red (see Fold).
+// in red (see Fold). With IN_XS, the input is already in xs (each thread reads the elements it
+// then writes) instead of x.
+template <bool IN_XS = false>
 __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, int ty, float* xs,
                              float* ws, signed char* q, float* ds, float* red) {
     bool fold = fold_norm(ty);
@@ -2505,7 +2508,7 @@ __device__ void smem_rmsnorm(const float* x, const float* w, float eps, int d, i
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             int j = j0 + k * (int)blockDim.x;
-            v[k] = j < d ? __ldcg(x + j) : 0.0f;
+            v[k] = j >= d ? 0.0f : IN_XS ? xs[j] : __ldcg(x + j);
             wv[k] = j < d ? w[j] : 0.0f;
         }
 #pragma unroll
@@ -2551,13 +2554,20 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
 #ifdef FUSED_PHASES
     if (threadIdx.x == 0) ph_rec = A.times ? A.times + 8 * blockIdx.x : 0;
 #endif
-    // The token's embedding row into the residual.
-    {
-        const u8* row = A.emb_w + (long long)A.step[0] * A.emb_rb;
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
-            A.x[j] = dq((int)A.emb_ty, row, j);
+    // The token's embedding row into the residual. With bit 3 of A.prefetch (the default; not
+    // when profiling, whose marks count the embedding as stage 0), no barrier follows: layer
+    // 0's norm reads the row itself, and the residual's first reader (layer 0's out_proj) is
+    // two barriers later.
+    const u8* erow = A.emb_w + (long long)A.step[0] * A.emb_rb;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x)
+        A.x[j] = dq((int)A.emb_ty, erow, j);
+    bool emb_direct = (A.prefetch & 8) && !A.times;
+    if (emb_direct) {
+        // Every block its own copy, in xs where layer 0's norm reads it (same thread, same j).
+        for (int j = threadIdx.x; j < d; j += blockDim.x) xs[j] = dq((int)A.emb_ty, erow, j);
+    } else {
+        grid_sync(A.bar, &target, A.times);
     }
-    grid_sync(A.bar, &target, A.times);
     int p = (int)A.head_dim, n = (int)A.d_state, ng = (int)A.n_groups, nh = (int)A.n_heads;
     int parts = (int)A.parts, rows = (int)A.in_rows;
     // A layer's small vectors, a stage or more before they are read: the norm's weights, the
@@ -2595,7 +2605,10 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
     } while (0)
     for (int l = 0; l < (int)A.n_layers; l++) {
         const SsdLayerArgs& L = layers[l];
-        smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, red);
+        if (l == 0 && emb_direct)
+            smem_rmsnorm<true>(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, red);
+        else
+            smem_rmsnorm(A.x, L.norm, A.eps, d, (int)L.in_ty, xs, ws, q, ds, red);
         phase_mark(0);
         grid_rows((int)L.in_ty, L.in_w, L.in_rb, rows, d, xs, q, ds, L.in_b, A.zx, 0, 0,
                   fold_norm((int)L.in_ty) ? Fold{red, (float)d, A.eps} : Fold{0, 0.0f, 0.0f});
