@@ -2565,6 +2565,9 @@ extern "C" __global__ void __launch_bounds__(512) ssd_decode(const SsdDecodeArgs
     if (emb_direct) {
         // Every block its own copy, in xs where layer 0's norm reads it (same thread, same j).
         for (int j = threadIdx.x; j < d; j += blockDim.x) xs[j] = dq((int)A.emb_ty, erow, j);
+        // The layers' arguments in shared memory, copied by every thread above, before any
+        // thread reads them (grid_sync's __syncthreads orders them otherwise).
+        __syncthreads();
     } else {
         grid_sync(A.bar, &target, A.times);
     }
